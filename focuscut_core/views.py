@@ -1,0 +1,135 @@
+"""Image geometry for the two views: Zoom-In boxes for the global view, square focus crops.
+
+Boxes are ``(y0, x0, y1, x1)`` integer pixel bounds, half-open, in full-resolution image pixels.
+Arrays are HxW or HxWxC, row-major.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]
+PAD_RGB = (124, 116, 104)  # ImageNet mean colour: padding that normalises to zero
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any image array (HxW gray, HxWx1, HxWx3 RGB, HxWx4 RGBA; uint8, uint16 or float in [0, 1])
+    as a contiguous HxWx3 uint8 RGB array. Raises ValueError for anything else."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
+    image = image[:, :, :3]
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ValueError("image has non-finite values")
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    elif image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def short_side_size(height: int, width: int, short_side: int, multiple: int = 8,
+                    max_long_side: int | None = None) -> tuple[int, int]:
+    """(h, w) with the short side resized to ``short_side`` (long side capped), rounded to ``multiple``."""
+    scale = short_side / min(height, width)
+    if max_long_side is not None:
+        scale = min(scale, max_long_side / max(height, width))
+    return (max(multiple, int(round(height * scale / multiple)) * multiple),
+            max(multiple, int(round(width * scale / multiple)) * multiple))
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """Tight box of the True pixels of an HxW mask, or None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def box_iou(a: Box, b: Box) -> float:
+    inter_h = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_w = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_h * inter_w
+    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
+    return inter / float(area(a) + area(b) - inter)
+
+
+def zoom_in_box(mask: np.ndarray, positive_points, previous: Box | None,
+                expand: float = 0.4, min_ratio: float = 0.5) -> Box:
+    """The global view's Zoom-In box (RITM's rule) over an HxW image.
+
+    The box of ``mask`` united with the positive click pixels ``positive_points`` [(row, col)],
+    made square with side max(bh, bw) + ``expand`` * min(bh, bw), at least ``min_ratio`` *
+    min(H, W) and at most max(H, W), centred on that box and shifted/clipped into the image.
+    ``previous`` is returned instead while it holds every positive click and overlaps the new
+    box with IoU >= 0.5.
+    """
+    height, width = mask.shape
+    box = mask_box(mask)
+    ys = [p[0] for p in positive_points] + ([box[0], box[2] - 1] if box else [])
+    xs = [p[1] for p in positive_points] + ([box[1], box[3] - 1] if box else [])
+    if not ys:
+        return 0, 0, height, width
+    y0, y1, x0, x1 = min(ys), max(ys) + 1, min(xs), max(xs) + 1
+    bh, bw = y1 - y0, x1 - x0
+    side = max(bh, bw) + expand * min(bh, bw)
+    side = int(round(min(max(side, min_ratio * min(height, width)), max(height, width))))
+    new = (_place(y0 + y1, side, height), _place(x0 + x1, side, width))
+    new_box = (new[0][0], new[1][0], new[0][1], new[1][1])
+    if previous is not None and box_iou(previous, new_box) >= 0.5 and all(
+        previous[0] <= p[0] < previous[2] and previous[1] <= p[1] < previous[3] for p in positive_points
+    ):
+        return previous
+    return new_box
+
+
+def _place(twice_centre: int, side: int, limit: int) -> tuple[int, int]:
+    """A segment of length ``side`` centred at twice_centre / 2, shifted into [0, limit)."""
+    side = min(side, limit)
+    start = int(round(twice_centre / 2 - side / 2))
+    start = min(max(start, 0), limit - side)
+    return start, start + side
+
+
+def crop_square(array: np.ndarray, row: int, col: int, radius: int, fill=0) -> np.ndarray:
+    """The (2r+1)x(2r+1) square centred on pixel (row, col); outside the image it is ``fill``."""
+    side = 2 * radius + 1
+    out = np.empty((side, side) + array.shape[2:], array.dtype)
+    out[...] = fill
+    src, dst = square_overlap(array.shape[:2], row, col, radius)
+    out[dst] = array[src]
+    return out
+
+
+def square_overlap(shape: tuple[int, int], row: int, col: int, radius: int):
+    """Slices (image, square) of the part of the square around (row, col) inside an HxW image."""
+    height, width = shape
+    y0, x0 = row - radius, col - radius
+    y1, x1 = row + radius + 1, col + radius + 1
+    iy0, ix0, iy1, ix1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+    if iy0 >= iy1 or ix0 >= ix1:
+        empty = (slice(0, 0), slice(0, 0))
+        return empty, empty
+    return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+
+
+def resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    """Resize an HxW or HxWxC array to (height, width): area when shrinking, bilinear otherwise."""
+    if array.shape[:2] == (height, width):
+        return array
+    if nearest:
+        mode = cv2.INTER_NEAREST
+    elif height * width < array.shape[0] * array.shape[1]:
+        mode = cv2.INTER_AREA
+    else:
+        mode = cv2.INTER_LINEAR
+    return cv2.resize(array, (width, height), interpolation=mode)
