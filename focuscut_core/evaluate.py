@@ -1,0 +1,183 @@
+"""Robot-user evaluation (the RITM / FocusCut protocol), FocusCut modes and peers side by side.
+
+    python -m focuscut_core.evaluate DATASET_DIR [--weights W] [--modes global,focus,pfs,fast_pfs]
+        [--peers grabcut] [--max-clicks 20] [--limit N] [--out report.json] [--plot curve.png]
+
+For every image the robot clicks at the deepest pixel of the largest error (see
+``clicks.next_robot_click``) up to ``max_clicks`` times; after each click IoU, boundary IoU and
+ASSD are recorded, and the seconds the method took. NoC@85/90 is the first click reaching the
+IoU (``max_clicks`` if never), NoF the images that never do.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .clicks import next_robot_click
+from .data import list_samples, load_sample
+from .metrics import assd, boundary_iou, iou, noc
+from .peers import GrabCutSession
+from .predictor import Predictor
+from .session import MODES, InferenceConfig, Session
+
+THRESHOLDS = (0.85, 0.90)
+
+
+def robot_run(start, image: np.ndarray, gt: np.ndarray, max_clicks: int = 20) -> dict:
+    """Clicks of the robot user on one image. ``start(image)`` returns an object whose
+    ``add_click(click)`` returns the HxW bool mask. Returns per-click lists of IoU, BIoU, ASSD
+    (``max_clicks`` long), and the seconds and clicks of the clicks actually made."""
+    segmenter = start(image)
+    pred = np.zeros(gt.shape, bool)
+    clicked = np.zeros(gt.shape, bool)
+    record = {"iou": [], "biou": [], "assd": [], "seconds": [], "clicks": []}
+    for _ in range(max_clicks):
+        click = next_robot_click(pred, gt, clicked)
+        if click is not None:  # else no error is left: the mask stays as it is
+            clicked[click.pixel()] = True
+            t0 = time.perf_counter()
+            pred = segmenter.add_click(click)
+            record["seconds"].append(time.perf_counter() - t0)
+            record["clicks"].append(click.to_list())
+        record["iou"].append(iou(pred, gt))
+        record["biou"].append(boundary_iou(pred, gt))
+        record["assd"].append(assd(pred, gt))
+    return record
+
+
+def summarise(records: list[dict], max_clicks: int) -> dict:
+    """Dataset figures from per-image records: NoC/NoF at 85 and 90, mean curves, SPC."""
+    ious = np.array([r["iou"] for r in records])
+    out = {"n": len(records)}
+    for thr in THRESHOLDS:
+        nocs = [noc(r["iou"], thr, max_clicks) for r in records]
+        tag = int(round(thr * 100))
+        out[f"noc{tag}"] = float(np.mean(nocs))
+        out[f"nof{tag}"] = int(sum(not any(v >= thr for v in r["iou"]) for r in records))
+    out["miou_per_click"] = ious.mean(axis=0).round(4).tolist()
+    out["biou_per_click"] = np.array([r["biou"] for r in records]).mean(axis=0).round(4).tolist()
+    out["assd_per_click"] = np.array([r["assd"] for r in records]).mean(axis=0).round(3).tolist()
+    seconds = [s for r in records for s in r["seconds"]]
+    out["spc"] = float(np.mean(seconds)) if seconds else 0.0
+    return out
+
+
+def evaluate_samples(predictor: Predictor, samples: list, config: InferenceConfig = InferenceConfig(),
+                     max_clicks: int = 20) -> dict:
+    """FocusCut on in-memory [(image HxWx3 uint8, mask HxW uint8)] pairs: ``summarise``'s dict."""
+    start = lambda image: Session(predictor, image, config)  # noqa: E731
+    return summarise([robot_run(start, image, gt, max_clicks) for image, gt in samples], max_clicks)
+
+
+def methods_for(predictor: Predictor | None, modes, peers) -> dict:
+    """Name -> start(image) for each FocusCut mode and each peer."""
+    methods = {}
+    for mode in modes:
+        config = InferenceConfig(mode=mode)
+        methods[f"focuscut:{mode}"] = lambda image, c=config: Session(predictor, image, c)
+    if "grabcut" in peers:
+        methods["grabcut"] = GrabCutSession
+    return methods
+
+
+def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pfs",), peers=("grabcut",),
+                     max_clicks: int = 20, limit: int | None = None, log=sys.stderr) -> dict:
+    """Every method on every image of ``dataset`` (the shared layout), in one run."""
+    samples = list_samples(dataset)[:limit]
+    methods = methods_for(predictor, modes, peers)
+    records = {name: [] for name in methods}
+    for i, sample in enumerate(samples, 1):
+        image, gt = load_sample(sample)
+        for name, start in methods.items():
+            records[name].append(robot_run(start, image, gt, max_clicks) | {"image": sample.name})
+        if log:
+            log.write(f"\r{i}/{len(samples)} images")
+            log.flush()
+    if log:
+        log.write("\n")
+    return {
+        "dataset": str(dataset), "max_clicks": max_clicks,
+        "weights": getattr(predictor, "version", None),
+        "methods": {name: summarise(recs, max_clicks) for name, recs in records.items()},
+        "per_image": {name: [{"image": r["image"], "iou": [round(v, 4) for v in r["iou"]]} for r in recs]
+                      for name, recs in records.items()},
+    }
+
+
+def format_table(report: dict) -> str:
+    """A Markdown table of a report's methods."""
+    head = "| method | NoC@85 | NoC@90 | NoF@85 | NoF@90 | mIoU@1 | mIoU@5 | BIoU@5 | ASSD@5 | s/click |"
+    lines = [head, "|" + "---|" * 10]
+    for name, m in report["methods"].items():
+        at = lambda key, k: m[key][min(k, len(m[key])) - 1]  # noqa: E731
+        lines.append(f"| {name} | {m['noc85']:.2f} | {m['noc90']:.2f} | {m['nof85']} | {m['nof90']} | "
+                     f"{at('miou_per_click', 1):.3f} | {at('miou_per_click', 5):.3f} | "
+                     f"{at('biou_per_click', 5):.3f} | {at('assd_per_click', 5):.2f} | {m['spc']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """mIoU against the number of clicks, one line per method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, m in report["methods"].items():
+        curve = m["miou_per_click"]
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("mIoU")
+    ax.set_title(f"{Path(report['dataset']).name}: mIoU vs clicks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m focuscut_core.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", type=Path, help="a folder with images/ and masks/")
+    parser.add_argument("--weights", type=Path, help="weights file (default: the shipped model)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    parser.add_argument("--peers", default="grabcut", help="comma-separated peers (grabcut) or ''")
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--limit", type=int, help="only the first N objects")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=Path("evaluation.json"))
+    parser.add_argument("--plot", type=Path, help="mIoU-vs-clicks PNG (default: beside --out)")
+    args = parser.parse_args(argv)
+    if not (args.dataset / "masks").is_dir():
+        parser.error(f"{args.dataset} has no masks/ folder")
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .weights import load_predictor
+
+    predictor = load_predictor(args.weights, args.device) if modes else None
+    peers = [p for p in args.peers.split(",") if p]
+    report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    plot = args.plot or args.out.with_suffix(".png")
+    plot_curves(report, plot)
+    print(format_table(report))
+    print(f"\nweights: {report['weights']}; report: {args.out}; plot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
