@@ -1,0 +1,105 @@
+"""The HTTP app Label Studio talks to (our own Flask app, in place of label-studio-ml's).
+
+label-studio-ml 1.0.9's app answers /predict only in the process that saw /setup, and turns
+bad input into 500s with tracebacks. Here every request builds its own ``FocusCutBackend``
+from the request, so any gunicorn worker answers, and every failure is a JSON
+``{"error": ...}``: 4xx for bad input, never a traceback.
+
+    GET  /, /health   {"status": "UP", "model_class": "FocusCutBackend"}
+    POST /setup       {project, schema, ...}               -> {"model_version"}
+    POST /predict     {tasks, project, label_config, params: {context}}
+                      -> {"results": [prediction...], "model_version"}; header X-FocusCut-Stats:
+                      JSON timings (fetch_s, net_s, session_s, rle_s, total_s) and cache use
+    GET  /metrics     {}
+    + the fit routes (/webhook, /jobs/..., /projects/...) of ``backend.fit_api``
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from focuscut_core import InferenceConfig
+
+from . import fit_api
+from . import settings as settings_module
+from .errors import RequestError
+from .labeling import parse_label_config
+from .model import FocusCutBackend
+
+log = logging.getLogger(__name__)
+
+
+def _body() -> dict:
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object", 400)
+    return data
+
+
+def health():
+    return jsonify({"status": "UP", "model_class": FocusCutBackend.__name__})
+
+
+def setup():
+    data = _body()
+    schema = data.get("schema")
+    model = FocusCutBackend(project=data.get("project"))
+    if schema:  # refuse a config click-to-mask cannot serve now, not at the first click
+        parse_label_config(schema)
+    return jsonify({"model_version": model.model_version})
+
+
+def predict():
+    data = _body()
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise RequestError("'params' must be an object", 400)
+    context = params.get("context", data.get("context"))
+    model = FocusCutBackend(label_config=data.get("label_config"), project=data.get("project"))
+    results = model.predict(data.get("tasks"), context=context)
+    version = results[0]["model_version"] if results else model.model_version
+    response = jsonify({"results": results, "model_version": version})
+    if model.stats:
+        response.headers["X-FocusCut-Stats"] = json.dumps(model.stats)
+        log.info("predict project=%s %s", data.get("project"), model.stats)
+    return response
+
+
+def metrics():
+    return jsonify({})
+
+
+def _request_error(exc: RequestError):
+    log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+    return jsonify({"error": exc.message}), exc.status
+
+
+def _http_error(exc: HTTPException):
+    return jsonify({"error": f"{exc.name}: {exc.description}"}), exc.code
+
+
+def _unexpected(exc: Exception):
+    log.exception("%s %s failed", request.method, request.path)
+    return jsonify({"error": f"internal error ({type(exc).__name__}); see the backend log"}), 500
+
+
+def create_app() -> Flask:
+    """The Flask app; checks the settings (a bad FOCUSCUT_MODE fails here, at worker start)."""
+    s = settings_module.get()
+    InferenceConfig(mode=s.mode)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    app = Flask("focuscut_backend")
+    app.add_url_rule("/", "index", health, methods=["GET"])
+    app.add_url_rule("/health", "health", health, methods=["GET"])
+    app.add_url_rule("/setup", "setup", setup, methods=["POST"])
+    app.add_url_rule("/predict", "predict", predict, methods=["POST"])
+    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+    fit_api.register(app)
+    app.register_error_handler(RequestError, _request_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    return app
