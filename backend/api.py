@@ -9,7 +9,8 @@ from the request, so any gunicorn worker answers, and every failure is a JSON
     POST /setup       {project, schema, ...}               -> {"model_version"}
     POST /predict     {tasks, project, label_config, params: {context}}
                       -> {"results": [prediction...], "model_version"}; header X-FocusCut-Stats:
-                      JSON timings (fetch_s, net_s, session_s, rle_s, total_s) and cache use
+                      JSON timings (fetch_s, net_s, session_s, rle_s, total_s), cache use (cache,
+                      cache_hit_clicks, steps, net_calls) and the worker's pid
     GET  /metrics     {}
     + the fit routes (/webhook, /jobs/..., /projects/...) of ``backend.fit_api``
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -63,6 +65,7 @@ def predict():
     version = results[0]["model_version"] if results else model.model_version
     response = jsonify({"results": results, "model_version": version})
     if model.stats:
+        model.stats["pid"] = os.getpid()
         response.headers["X-FocusCut-Stats"] = json.dumps(model.stats)
         log.info("predict project=%s %s", data.get("project"), model.stats)
     return response

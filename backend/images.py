@@ -52,7 +52,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise RequestError(f"image refused: {exc}", 422) from exc
+        raise RequestError(f"image is over the limit of {max_pixels} pixels (FOCUSCUT_MAX_PIXELS): {exc}",
+                           422) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise RequestError("the image URL did not return an image file", 422) from exc
     width, height = img.size
