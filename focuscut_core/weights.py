@@ -6,6 +6,7 @@ Files are written atomically (temporary file, fsync, rename).
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,7 @@ def save_weights(path: str | Path, net: FocusCutNet, meta: dict | None = None, h
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,7 +46,7 @@ def load_weights(path: str | Path) -> tuple[FocusCutNet, dict]:
         spec = NetworkSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
         net = FocusCutNet(spec)
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state"].items()})
-    except (OSError, KeyError, RuntimeError, TypeError, EOFError) as exc:
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path} is not a FocusCut weights file: {exc}") from exc
     return net, payload.get("meta", {})
 

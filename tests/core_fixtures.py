@@ -1,0 +1,34 @@
+"""Small real networks and images for core tests (random weights: CI cannot train)."""
+import numpy as np
+import torch
+
+from focuscut_core.network import FocusCutNet, NetworkSpec
+from focuscut_core.predictor import Predictor
+
+
+def tiny_predictor(seed: int = 0) -> Predictor:
+    torch.manual_seed(seed)
+    return Predictor(FocusCutNet(NetworkSpec()), torch.device("cpu"), version="random")
+
+
+class ScriptedPredictor(Predictor):
+    """A real Predictor whose outputs are a function of its inputs: ``fn(x (6, h, w)) -> (h, w)``.
+    Lets a test steer the session's control flow; records how many inputs each call got."""
+
+    def __init__(self, fn):
+        super().__init__(FocusCutNet(NetworkSpec()), torch.device("cpu"), version="scripted")
+        self.fn, self.calls = fn, []
+
+    def __call__(self, inputs):
+        self.calls.append(len(inputs))
+        return [self.fn(x).astype(np.float32) for x in inputs]
+
+
+def blob_image(height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A bright ellipse on a dark textured background, and its uint8 mask (0/255)."""
+    rng = np.random.default_rng(1)
+    rows, cols = np.indices((height, width))
+    inside = ((rows - height / 2) / (height / 3)) ** 2 + ((cols - width / 2) / (width / 4)) ** 2 <= 1
+    image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+    image[inside] = (220, 180, 40)
+    return image, np.where(inside, 255, 0).astype(np.uint8)

@@ -1,0 +1,88 @@
+"""The robot-user evaluator end to end on GrabCut images, with a random-weight model and the GrabCut peer."""
+import json
+
+import numpy as np
+import pytest
+
+from core_fixtures import blob_image, tiny_predictor
+from focuscut_core.data import data_root, list_samples, load_sample
+from focuscut_core.evaluate import evaluate_dataset, evaluate_samples, main, robot_run, summarise
+from focuscut_core.network import FocusCutNet, NetworkSpec
+from focuscut_core.peers import GrabCutSession
+from focuscut_core.session import InferenceConfig
+from focuscut_core.weights import save_weights
+
+GRABCUT = data_root() / "grabcut"
+
+
+class Oracle:
+    """A segmenter that answers the ground truth after its 2nd click (to check the bookkeeping)."""
+
+    def __init__(self, gt):
+        self.gt, self.n = gt, 0
+
+    def add_click(self, click):
+        self.n += 1
+        return self.gt == 255 if self.n >= 2 else np.zeros(self.gt.shape, bool)
+
+
+def test_robot_run_and_summary_bookkeeping():
+    _, gt = blob_image()
+    record = robot_run(lambda image: Oracle(gt), np.zeros(gt.shape + (3,), np.uint8), gt, max_clicks=5)
+    assert record["iou"] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert len(record["clicks"]) == 2  # no error left after click 2: the robot stops clicking
+    summary = summarise([record, dict(record, iou=[0.0] * 5)], max_clicks=5)
+    assert summary["noc90"] == pytest.approx((2 + 5) / 2) and summary["nof90"] == 1
+    assert summary["miou_per_click"][:2] == [0.0, 0.5]
+
+
+def test_grabcut_peer_segments_a_clear_blob():
+    image, gt = blob_image(60, 80)
+    from focuscut_core.clicks import Click
+    from focuscut_core.metrics import iou
+
+    mask = GrabCutSession(image).add_click(Click(30.5, 40.5, True))
+    assert iou(mask, gt) > 0.8
+
+
+def test_evaluate_samples_shape():
+    image, gt = blob_image()
+    summary = evaluate_samples(tiny_predictor(), [(image, gt)], InferenceConfig(short_side=96, focus_size=96), max_clicks=3)
+    assert summary["n"] == 1 and 1 <= summary["noc90"] <= 3 and len(summary["miou_per_click"]) == 3
+
+
+@pytest.mark.skipif(not GRABCUT.is_dir(), reason="shared GrabCut data not present")
+def test_evaluate_cli_on_grabcut_images_with_random_weights(tmp_path, capsys):
+    weights = save_weights(tmp_path / "random.pt", FocusCutNet(NetworkSpec()), {"version": "random-test"})
+    out = tmp_path / "report.json"
+    code = main([str(GRABCUT), "--weights", str(weights), "--modes", "global,fast_pfs", "--peers", "grabcut",
+                 "--max-clicks", "3", "--limit", "2", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report["methods"]) == {"focuscut:global", "focuscut:fast_pfs", "grabcut"}
+    for m in report["methods"].values():
+        assert m["n"] == 2 and 1 <= m["noc90"] <= 3 and len(m["miou_per_click"]) == 3
+        assert all(0 <= v <= 1 for v in m["miou_per_click"]) and m["spc"] > 0
+    assert report["weights"] == "random-test"
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out
+    assert "| grabcut |" in table and "NoC@90" in table
+
+
+@pytest.mark.skipif(not GRABCUT.is_dir(), reason="shared GrabCut data not present")
+def test_evaluate_dataset_gives_identical_results_twice():
+    report_a = evaluate_dataset(tiny_predictor(), GRABCUT, modes=("global",), peers=(), max_clicks=2, limit=1, log=None)
+    report_b = evaluate_dataset(tiny_predictor(), GRABCUT, modes=("global",), peers=(), max_clicks=2, limit=1, log=None)
+    assert report_a["per_image"] == report_b["per_image"]
+
+
+@pytest.mark.skipif(not GRABCUT.is_dir(), reason="shared GrabCut data not present")
+def test_grabcut_set_loads_with_ignore_band():
+    samples = list_samples(GRABCUT)
+    assert len(samples) == 50
+    values = set()
+    for s in samples[:10]:
+        image, gt = load_sample(s)
+        assert image.shape[:2] == gt.shape
+        values |= set(np.unique(gt).tolist())
+    assert values <= {0, 128, 255} and {0, 255} <= values

@@ -1,0 +1,94 @@
+"""The network: shapes, the 6-channel widening of ImageNet filters, weights files, devices."""
+import hashlib
+
+import pytest
+import torch
+from torchvision import models
+
+from focuscut_core.network import (
+    MOBILENET_V2_SHA256, FocusCutNet, NetworkSpec, build_network, find_mobilenet_imagenet_file, first_conv,
+    load_imagenet_backbone, select_device,
+)
+from focuscut_core.weights import DEFAULT_WEIGHTS, load_predictor, load_weights, save_weights
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
+def test_output_is_one_logit_map_at_input_size(backbone):
+    net = FocusCutNet(NetworkSpec(backbone=backbone)).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 6, 65, 97))
+    assert out.shape == (2, 1, 65, 97)
+
+
+def test_output_stride_is_16():
+    net = FocusCutNet(NetworkSpec()).eval()
+    with torch.no_grad():
+        low, high = net.backbone(torch.randn(1, 6, 64, 128))
+    assert low.shape[2:] == (16, 32) and high.shape[2:] == (4, 8)
+    assert high.shape[1] == 320
+
+
+def test_imagenet_file_is_torchvisions_and_verified():
+    path = find_mobilenet_imagenet_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == MOBILENET_V2_SHA256
+    assert MOBILENET_V2_SHA256.startswith("b0353104")  # torchvision names its file by this prefix
+
+
+def test_tampered_imagenet_file_is_refused(tmp_path):
+    bad = tmp_path / "mobilenet_v2-b0353104.pth"
+    bad.write_bytes(find_mobilenet_imagenet_file().read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        load_imagenet_backbone(FocusCutNet(NetworkSpec()), bad)
+
+
+def test_widened_first_conv_with_zero_extra_channels_reproduces_pretrained_features():
+    net = build_network(imagenet=True).eval()
+    reference = models.mobilenet_v2(weights=None)
+    reference.load_state_dict(torch.load(find_mobilenet_imagenet_file(), weights_only=True))
+    reference.eval()
+    rgb = torch.randn(2, 3, 64, 80)
+    x = torch.cat([rgb, torch.zeros(2, 3, 64, 80)], dim=1)
+    with torch.no_grad():
+        ours_low, _ = net.backbone(x)
+        theirs_low = reference.features[:4](rgb)
+    assert first_conv(net).in_channels == 6
+    torch.testing.assert_close(ours_low, theirs_low, rtol=1e-5, atol=1e-5)
+    assert first_conv(net).weight[:, 3:].abs().max() > 0  # extra channels are not dead
+
+
+def test_resnet_without_imagenet_file_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resnet50"):
+        load_imagenet_backbone(FocusCutNet(NetworkSpec(backbone="resnet50")), tmp_path / "missing.pth")
+
+
+def test_weights_round_trip_fp16(tmp_path):
+    net = FocusCutNet(NetworkSpec()).eval()
+    path = save_weights(tmp_path / "w.pt", net, {"version": "v-test"})
+    loaded, meta = load_weights(path)
+    assert meta["version"] == "v-test"
+    x = torch.randn(1, 6, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), net(x), rtol=0.05, atol=0.05)
+    assert path.stat().st_size < 8_000_000
+    assert not list(tmp_path.glob(".w.pt.*"))  # no temporary file left behind
+
+
+def test_not_a_weights_file_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not torch")
+    with pytest.raises(ValueError, match="not a FocusCut weights file"):
+        load_weights(junk)
+
+
+def test_shipped_weights_load_offline_on_the_cpu():
+    assert DEFAULT_WEIGHTS.is_file()
+    predictor = load_predictor(device="cpu")
+    assert predictor.device.type == "cpu" and predictor.version
+
+
+def test_device_selection(monkeypatch):
+    monkeypatch.setenv("FOCUSCUT_DEVICE", "cpu")
+    assert select_device().type == "cpu"
+    assert select_device("cpu").type == "cpu"
+    monkeypatch.delenv("FOCUSCUT_DEVICE")
+    assert select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

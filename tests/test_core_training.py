@@ -1,0 +1,137 @@
+"""Training: Algorithm 1 patches, click simulation, the loss, steps, and exact resume."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from core_fixtures import blob_image
+from focuscut_core.network import FocusCutNet, NetworkSpec
+from focuscut_core.simulation import augment, degrade_mask, focus_patch, global_clicks
+from focuscut_core.train import TrainConfig, Trainer, WeightedSources, fine_tune, main, masked_bce
+
+
+def test_focus_patch_centre_click_has_the_ground_truth_polarity():
+    image, gt = blob_image(120, 160)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        view = focus_patch(image, gt, 64, rng)
+        assert view.rgb.shape == (64, 64, 3) and view.gt.shape == (64, 64) and view.prev.shape == (64, 64)
+        centre = view.clicks[0]
+        assert abs(centre.y - 32) < 1 and abs(centre.x - 32) < 1
+        label = view.gt[int(centre.y), int(centre.x)]
+        assert centre.is_positive == (label == 255)
+        assert 1 <= len(view.clicks) <= 7
+        for c in view.clicks[1:]:
+            assert view.gt[c.pixel()] == (255 if c.is_positive else 0)
+
+
+def test_focus_patch_range_follows_object_size():
+    image, gt = blob_image(120, 160)
+    k = np.sqrt((gt == 255).sum())
+    rng = np.random.default_rng(0)
+    # alpha fixed at 0.5 and no jitter: the patch is centred on a boundary pixel, half object and half not
+    view = focus_patch(image, gt, 2 * int(round(0.5 * k)) + 1, rng, alpha=(0.5, 0.5), beta=(0, 0))
+    fraction = (view.gt == 255).mean()
+    assert 0.2 < fraction < 0.8
+    assert focus_patch(image, np.zeros_like(gt), 64, rng) is None
+
+
+def test_global_clicks_start_with_a_positive_inside():
+    _, gt = blob_image(120, 160)
+    for seed in range(10):
+        clicks = global_clicks(gt, np.random.default_rng(seed))
+        assert clicks[0].is_positive
+        for c in clicks:
+            assert gt[c.pixel()] == (255 if c.is_positive else 0)
+
+
+def test_degrade_mask_changes_the_mask_but_keeps_its_place():
+    _, gt = blob_image(120, 160)
+    obj = gt == 255
+    degraded = [degrade_mask(gt, np.random.default_rng(s)) for s in range(10)]
+    assert any((d != obj).any() for d in degraded)
+    for d in degraded:
+        inter = (d & obj).sum()
+        assert inter / max(1, (d | obj).sum()) > 0.5
+
+
+def test_augment_returns_a_square_crop_with_object():
+    image, gt = blob_image(90, 200)
+    rgb, crop = augment(image, gt, 64, np.random.default_rng(0))
+    assert rgb.shape == (64, 64, 3) and crop.shape == (64, 64)
+    assert (crop == 255).sum() > 64
+
+
+def test_masked_bce_ignores_128():
+    logits = torch.full((1, 1, 2, 2), 3.0)
+    gt = torch.tensor([[[0, 128], [128, 128]]], dtype=torch.uint8)
+    only_wrong = masked_bce(logits, gt)
+    assert only_wrong.item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(3.0)).item(), rel=1e-5)
+    assert masked_bce(logits, torch.full((1, 2, 2), 128, dtype=torch.uint8)).item() == 0.0
+
+
+def _tiny_trainer(seed=0):
+    torch.manual_seed(seed)
+    image, gt = blob_image(80, 100)
+    config = TrainConfig(crop_size=64, batch_size=2, epoch_samples=4, itis_prob=1.0, itis_max_iters=1)
+    sources = WeightedSources({"blob": [(image, gt)]}, {"blob": 1.0}, loader=lambda pair: pair)
+    return Trainer(FocusCutNet(NetworkSpec()), config, torch.device("cpu"), sources)
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly():
+    straight = _tiny_trainer()
+    straight.run_step()
+    straight.run_step()
+    first = _tiny_trainer()
+    first.run_step()
+    state = first.state_dict()
+    resumed = _tiny_trainer(seed=123)  # different init: everything must come from the checkpoint
+    resumed.load_state_dict(state)
+    resumed.run_step()
+    assert resumed.step == straight.step == 2
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_lr_decays_per_epoch():
+    config = TrainConfig(batch_size=2, epoch_samples=4)
+    assert config.lr_at(0) == config.lr_at(1) == pytest.approx(7e-3)
+    assert config.lr_at(2) == pytest.approx(7e-3 * 0.9)
+
+
+def test_fine_tune_respects_its_step_budget():
+    image, gt = blob_image(80, 100)
+    losses = []
+    net = fine_tune(FocusCutNet(NetworkSpec()), [(image, gt)], TrainConfig(crop_size=64, batch_size=2),
+                    max_steps=2, max_seconds=300, progress=lambda step, loss: losses.append((step, loss)))
+    assert [s for s, _ in losses] == [1, 2] and all(np.isfinite(l) for _, l in losses)
+    assert not net.training
+
+
+def _write_dataset(root):
+    image, gt = blob_image(80, 100)
+    for source in ("alpha", "beta"):
+        (root / "train" / source / "images").mkdir(parents=True)
+        (root / "train" / source / "masks").mkdir(parents=True)
+        cv2.imwrite(str(root / "train" / source / "images" / "a.jpg"), image[:, :, ::-1])
+        cv2.imwrite(str(root / "train" / source / "masks" / "a__0.png"), gt)
+
+
+def test_cli_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
+    _write_dataset(tmp_path / "data")
+    monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--crop-size", "64", "--batch-size", "2", "--device", "cpu",
+            "--itis-max-iters", "1", "--export", str(tmp_path / "model.pt")]
+    weights = json.dumps({"alpha": 1.0, "beta": 1.0})
+    monkeypatch.setattr("focuscut_core.train.DEFAULT_SOURCE_WEIGHTS", json.loads(weights))
+    assert main(args + ["--steps", "2"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert json.loads((run / "config.json").read_text())["crop_size"] == 64
+    assert main(args + ["--steps", "1"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert (tmp_path / "model.pt").is_file() and (run / "weights.pt").is_file()
