@@ -107,3 +107,40 @@ def gunicorn_server(env: dict | None = None, workers: int = 1, threads: int = 2,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+class Launched:
+    """A process started by ``launched``: ``proc``, ``log()``; ``returncode`` once stopped."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path):
+        self.proc, self.log_path = proc, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def launched(*args: str, env: dict | None = None):
+    """``scripts/launch ARGS`` (``web``, ``worker``, ``scheduler``: the command lines that
+    scripts/serve and the Docker image run) with ``env`` added and this Python's bin first on
+    PATH; stopped with SIGTERM on exit (SIGKILL after 30 s)."""
+    log_path = Path(tempfile.mkdtemp(prefix="focuscut-launch-")) / "process.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(ROOT / "scripts" / "launch"), *args], cwd=ROOT, env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield Launched(proc, log_path)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

@@ -26,7 +26,7 @@ from rq import Worker
 from rq.job import Job, JobStatus
 
 from backend import fit_queue
-from services import ROOT, free_port, wait_for
+from services import ROOT, free_port, launched, wait_for
 
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
@@ -124,11 +124,11 @@ def backend_environment(overrides: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **{k: v for k, v in values.items() if v}, **overrides}
 
 
-def container_argv(service: str) -> list[str]:
-    """What the container of ``service`` runs: the image's ENTRYPOINT plus the service's command."""
-    entrypoint = yaml.safe_load(instructions("ENTRYPOINT")[0])
-    assert entrypoint == ["/app/scripts/launch"]
-    return [str(LAUNCH)] + compose()["services"][service]["command"]
+def container_command(service: str) -> list[str]:
+    """What the container of ``service`` runs after the image's ENTRYPOINT (scripts/launch)."""
+    assert yaml.safe_load(instructions("ENTRYPOINT")[0]) == ["/app/scripts/launch"]
+    assert "scripts/launch /app/scripts/launch" in instructions("COPY")
+    return compose()["services"][service]["command"]
 
 
 # ---- the image ----------------------------------------------------------------------------------
@@ -250,27 +250,9 @@ def test_every_variable_is_read_by_the_code_documented_and_given_an_example():
 
 # ---- the same command lines, run outside Docker -------------------------------------------------
 
-def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-        raise
-
-
 @pytest.fixture
 def container_env(redis_url, tmp_path):
+    """The backend containers' environment (compose + example.env), pointed at this test's Redis and dirs."""
     return backend_environment({
         "REDIS_URL": redis_url,
         "LABEL_STUDIO_URL": "http://127.0.0.1:9",  # nothing listens: these processes must not need it to start
@@ -279,22 +261,20 @@ def container_env(redis_url, tmp_path):
     })
 
 
-def test_worker_and_scheduler_command_lines_from_compose_run_a_scheduled_job(container_env, redis_url, tmp_path):
+def test_worker_and_scheduler_command_lines_from_compose_run_a_scheduled_job(container_env, redis_url):
     """The scheduler's first round queues a job for a project with enough new annotations and
     the worker runs it, as far as fetching the export (no Label Studio answers: the job fails)."""
     conn = redis.Redis.from_url(redis_url)
     project = "7"
     conn.sadd(fit_queue.key("projects"), project)
     conn.set(fit_queue.key("new", project), int(container_env["FOCUSCUT_TRAIN_MIN_ANNOTATIONS"]))
-    logs = {name: tmp_path / f"{name}.log" for name in ("worker", "scheduler")}
-    procs = {name: _start(container_argv(name), container_env, logs[name]) for name in logs}
+    with launched(*container_command("worker"), env=container_env) as worker, \
+            launched(*container_command("scheduler"), env=container_env) as scheduler:
+        def alive():
+            for proc in (worker, scheduler):
+                assert proc.proc.poll() is None, proc.log()
+            return True
 
-    def alive():
-        for name, proc in procs.items():
-            assert proc.poll() is None, f"{name} exited:\n{logs[name].read_text()}"
-        return True
-
-    try:
         wait_for(lambda: alive() and any("focuscut" in w.queue_names() for w in Worker.all(connection=conn)),
                  60, "the RQ worker")
         wait_for(lambda: alive() and conn.lrange(fit_queue.key("jobs", project), 0, -1), 60,
@@ -303,30 +283,24 @@ def test_worker_and_scheduler_command_lines_from_compose_run_a_scheduled_job(con
         wait_for(lambda: alive() and job.get_status(refresh=True) == JobStatus.FAILED, 120, "the job to run")
         job.refresh()
         assert job.meta["trigger"] == "SCHEDULED" and job.meta["stage"] == "fetching", job.meta
-    finally:
-        codes = {name: _stop(proc) for name, proc in procs.items()}
-    assert codes == {"worker": 0, "scheduler": 0}, {n: p.read_text() for n, p in logs.items()}
+    assert (worker.returncode, scheduler.returncode) == (0, 0), (worker.log(), scheduler.log())
     assert not Worker.all(connection=conn), "the worker did not deregister on SIGTERM"
 
 
-def test_web_command_line_from_compose_serves_and_passes_the_image_healthcheck(container_env, tmp_path):
+def test_web_command_line_from_compose_serves_and_passes_the_image_healthcheck(container_env):
     port = free_port()
-    env = {**container_env, "PORT": str(port), "WEB_CONCURRENCY": "1"}
-    web = _start(container_argv("backend"), env, tmp_path / "web.log")
-    healthcheck = re.search(r"CMD (.*)$", instructions("HEALTHCHECK")[0]).group(1)
-    try:
+    env = {**container_env, "PORT": str(port), "WEB_CONCURRENCY": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{container_env['PATH']}"}
+    healthcheck = ["sh", "-c", re.search(r"CMD (.*)$", instructions("HEALTHCHECK")[0]).group(1)]
+    with launched(*container_command("backend"), env=env) as web:
         def healthy():
-            assert web.poll() is None, (tmp_path / "web.log").read_text()
+            assert web.proc.poll() is None, web.log()
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 return r.status == 200
         wait_for(healthy, 120, "gunicorn")
-        check = subprocess.run(["sh", "-c", healthcheck], env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
-                               capture_output=True, text=True, timeout=30)
+        check = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
-    finally:
-        _stop(web)
-    check = subprocess.run(["sh", "-c", healthcheck], env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
-                           capture_output=True, text=True, timeout=30)
+    check = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30)
     assert check.returncode != 0, "the healthcheck passes with the server stopped"
 
 
