@@ -134,7 +134,8 @@ def request_training(conn: redis.Redis, project: str, trigger: str, settings, co
 
 
 def job_status(job: Job) -> dict:
-    """What the HTTP API and the CLI show of a job."""
+    """What the HTTP API shows of a job (read fresh from Redis)."""
+    job.refresh()
     status = job.get_status()
     info = {"id": job.id, "state": status.value if status else None, "project": job.meta.get("project"),
             "description": job.description, "meta": job.meta,
@@ -145,8 +146,9 @@ def job_status(job: Job) -> dict:
     if status == JobStatus.FINISHED:
         info["result"] = job.return_value()
     elif status == JobStatus.FAILED:
-        exc = job.exc_info or ""
-        info["error"] = exc.strip().splitlines()[-1] if exc.strip() else "failed"
+        result = job.latest_result()
+        lines = (result.exc_string or "").strip().splitlines() if result else []
+        info["error"] = lines[-1] if lines else "failed"
     return info
 
 

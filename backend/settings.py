@@ -47,6 +47,9 @@ class Settings:
     train_max_steps: int  # FOCUSCUT_TRAIN_MAX_STEPS
     train_max_seconds: float  # FOCUSCUT_TRAIN_MAX_SECONDS
     retrain_interval: float  # FOCUSCUT_RETRAIN_INTERVAL: seconds
+    train_eval_samples: int  # FOCUSCUT_TRAIN_EVAL_SAMPLES: held-out masks evaluated before/after a fit
+    train_eval_clicks: int  # FOCUSCUT_TRAIN_EVAL_CLICKS: robot clicks per held-out mask (NoC cap)
+    train_eval_mode: str  # FOCUSCUT_TRAIN_EVAL_MODE: inference mode of that evaluation (default FOCUSCUT_MODE)
     basic_auth_user: str | None  # BASIC_AUTH_USER
     basic_auth_pass: str | None  # BASIC_AUTH_PASS
 
@@ -73,6 +76,9 @@ def load() -> Settings:
         train_max_steps=_int("FOCUSCUT_TRAIN_MAX_STEPS", 500),
         train_max_seconds=_float("FOCUSCUT_TRAIN_MAX_SECONDS", 600.0),
         retrain_interval=_float("FOCUSCUT_RETRAIN_INTERVAL", 600.0),
+        train_eval_samples=_int("FOCUSCUT_TRAIN_EVAL_SAMPLES", 10),
+        train_eval_clicks=_int("FOCUSCUT_TRAIN_EVAL_CLICKS", 20),
+        train_eval_mode=_str("FOCUSCUT_TRAIN_EVAL_MODE", _str("FOCUSCUT_MODE", "fast_pfs")),
         basic_auth_user=_str("BASIC_AUTH_USER"),
         basic_auth_pass=_str("BASIC_AUTH_PASS"),
     )

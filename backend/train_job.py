@@ -4,7 +4,8 @@ Steps, each visible in ``job.meta["stage"]``: check that the model directory is 
 fetch the project export from Label Studio; build samples from the latest annotation of each
 task (unusable ones skipped and counted); split off the held-out tasks; evaluate the current
 version on them (NoC@90); fine-tune a copy for at most FOCUSCUT_TRAIN_MAX_STEPS steps /
-FOCUSCUT_TRAIN_MAX_SECONDS; evaluate again; publish a new version only if NoC@90 did not get worse.
+FOCUSCUT_TRAIN_MAX_SECONDS; evaluate again (FOCUSCUT_TRAIN_EVAL_SAMPLES held-out masks,
+FOCUSCUT_TRAIN_EVAL_CLICKS robot clicks, FOCUSCUT_TRAIN_EVAL_MODE); publish a new version only if NoC@90 did not get worse.
 
 ``job.meta`` carries the progress: stage, step, max_steps, loss, samples_train, samples_holdout,
 skipped, noc90_before, noc90_after, version. Any exception fails the job with its message (RQ
@@ -32,8 +33,6 @@ from . import settings as settings_module
 
 log = logging.getLogger(__name__)
 MAX_SIDE = 640  # samples are downscaled to this long side (px): bounded CPU time per step and per click
-EVAL_MAX_SAMPLES = 20
-EVAL_MAX_CLICKS = 20
 
 
 class TrainingError(RuntimeError):
@@ -93,7 +92,7 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
     from focuscut_core.train import fine_tune
 
     model_dir = Path(settings.model_dir)
-    check_writable(model_dir / project)
+    check_writable(model_dir / project / "versions")
     if not settings.label_studio_url or not settings.label_studio_api_key:
         raise TrainingError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set for the worker "
                             "to read the project's annotations")
@@ -109,16 +108,17 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
                 "reason": f"{len(data.samples)} usable masks in {len({s.task for s in data.samples})} tasks: "
                           f"need masks in at least 2 tasks (one held out for evaluation)"}
     train_pairs = [shrink(s.image, s.mask) for s in train]
-    held_pairs = [shrink(s.image, s.mask) for s in held[:EVAL_MAX_SAMPLES]]
+    held_pairs = [shrink(s.image, s.mask) for s in held[:settings.train_eval_samples]]
 
     parent, path = current_weights(model_dir, project, settings.weights)
     net, meta = load_weights(path)
     parent = parent or str(meta.get("version", path.stem))
     device = select_device(settings.device)
-    config = InferenceConfig(mode=settings.mode)
+    config = InferenceConfig(mode=settings.train_eval_mode)
+    clicks = settings.train_eval_clicks
 
     report(stage="evaluating_before", parent=parent)
-    before = evaluate_samples(Predictor(net, device, version=parent), held_pairs, config, max_clicks=EVAL_MAX_CLICKS)
+    before = evaluate_samples(Predictor(net, device, version=parent), held_pairs, config, max_clicks=clicks)
     report(noc90_before=before["noc90"], stage="training", step=0, max_steps=settings.train_max_steps)
     t0 = time.monotonic()
     net = fine_tune(net, train_pairs, max_steps=settings.train_max_steps, max_seconds=settings.train_max_seconds,
@@ -126,11 +126,11 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
                     device=device)
     train_seconds = time.monotonic() - t0
     report(stage="evaluating_after", train_seconds=round(train_seconds, 1))
-    after = evaluate_samples(Predictor(net, device, version="candidate"), held_pairs, config,
-                             max_clicks=EVAL_MAX_CLICKS)
+    after = evaluate_samples(Predictor(net, device, version="candidate"), held_pairs, config, max_clicks=clicks)
     metrics = {"noc90_before": before["noc90"], "noc90_after": after["noc90"], "noc85_before": before["noc85"],
                "noc85_after": after["noc85"], "samples_train": len(train_pairs), "samples_holdout": len(held_pairs),
-               "annotations": data.annotations, "skipped": dict(data.skipped),
+               "annotations": data.annotations, "skipped": dict(data.skipped), "eval_mode": config.mode,
+               "eval_clicks": clicks,
                "steps": int(report.meta.get("step", 0)),
                "train_seconds": round(train_seconds, 1)}
     report(noc90_after=after["noc90"])
