@@ -64,7 +64,7 @@ def test_job_fine_tunes_publishes_and_reports_progress(redis_url, model_dir):
         conn, outcome = enqueue(redis_url, model_dir, "ANNOTATION_CREATED", count=1)  # the 6th: >= 5
         assert outcome["status"] == "queued", outcome
         with rq_worker(worker_env(redis_url, ls_url, model_dir), "--burst") as worker:
-            assert worker.wait(300) == 0, worker.log()
+            assert worker.proc.wait(300) == 0, worker.log()
     job = Job.fetch(outcome["job_id"], connection=conn)
     assert job.get_status() == JobStatus.FINISHED, worker.log()
     result, meta = job.return_value(), job.meta
@@ -117,7 +117,7 @@ def test_unwritable_model_dir_fails_the_job_clearly_and_keeps_the_version(redis_
     with labelstudio_project(7, 4) as (_, ls_url):
         conn, outcome = enqueue(redis_url, model_dir)
         with rq_worker(worker_env(redis_url, ls_url, model_dir), "--burst") as worker:
-            assert worker.wait(300) == 0, worker.log()
+            assert worker.proc.wait(300) == 0, worker.log()
     status = fit_queue.job_status(Job.fetch(outcome["job_id"], connection=conn))
     assert status["state"] == "failed" and "is not writable" in status["error"], status
     assert "current version is kept" in status["error"]
