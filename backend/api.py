@@ -13,6 +13,9 @@ from the request, so any gunicorn worker answers, and every failure is a JSON
                       cache_hit_clicks, steps, net_calls) and the worker's pid
     GET  /metrics     {}
     + the fit routes (/webhook, /jobs/..., /projects/...) of ``backend.fit_api``
+
+Every route but /health takes BASIC_AUTH_USER/PASS when they are set (``backend.auth``); bodies
+are JSON only and at most FOCUSCUT_MAX_BODY_MB (``backend.limits``); the debugger is never on.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ from werkzeug.exceptions import HTTPException
 
 from focuscut_core import InferenceConfig
 
-from . import fit_api
+from . import auth, fit_api
 from . import settings as settings_module
 from .errors import RequestError
 from .labeling import parse_label_config
+from .limits import RequestLimits
 from .model import FocusCutBackend
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,10 @@ def _http_error(exc: HTTPException):
     return jsonify({"error": f"{exc.name}: {exc.description}"}), exc.code
 
 
+def _too_deep(exc: RecursionError):
+    return jsonify({"error": "the request body is nested too deeply to parse"}), 400
+
+
 def _unexpected(exc: Exception):
     log.exception("%s %s failed", request.method, request.path)
     return jsonify({"error": f"internal error ({type(exc).__name__}); see the backend log"}), 500
@@ -96,6 +104,7 @@ def create_app() -> Flask:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     app = Flask("focuscut_backend")
+    app.debug = False  # FLASK_DEBUG in the environment must not turn on debug behaviour
     app.add_url_rule("/", "index", health, methods=["GET"])
     app.add_url_rule("/health", "health", health, methods=["GET"])
     app.add_url_rule("/setup", "setup", setup, methods=["POST"])
@@ -104,5 +113,8 @@ def create_app() -> Flask:
     fit_api.register(app)
     app.register_error_handler(RequestError, _request_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(RecursionError, _too_deep)  # json gives up on deep nesting this way
     app.register_error_handler(Exception, _unexpected)
+    auth.install(app, s.basic_auth_user, s.basic_auth_pass)
+    app.wsgi_app = RequestLimits(app.wsgi_app, int(s.max_body_mb * (1 << 20)))
     return app

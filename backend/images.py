@@ -4,8 +4,12 @@ applied, pixel count checked from the header before decoding).
 
 Shared by the serving process and the fit worker: build one with ``ImageFetcher.from_settings()``.
 Every failure is a ``RequestError`` (4xx for a bad reference or file, 502/504 for a failing host).
-A URL policy (an allowlist, SSRF checks) slots in as ``allow_url``: it gets the absolute URL and
-raises ``RequestError`` to refuse it.
+A URL policy slots in as ``allow_url(url)``: it raises ``RequestError`` to refuse a URL before it
+is connected to; ``http`` is the requests session to fetch with. ``from_settings`` uses
+``backend.url_policy.UrlPolicy`` for both (Label Studio + FOCUSCUT_ALLOWED_HOSTS, no private
+addresses, each connection's peer address checked). Redirects are followed by hand, at most ``MAX_REDIRECTS``, each hop checked
+again; the Label Studio token goes only to Label Studio's origin. The whole download, however
+slowly the host drips bytes, ends after the fetch timeout.
 """
 from __future__ import annotations
 
@@ -24,15 +28,18 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import requests
+import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from focuscut_core.views import as_rgb_uint8
 
 from . import settings as settings_module
 from .errors import RequestError
+from .url_policy import UrlPolicy, redact
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 16
+MAX_REDIRECTS = 5
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -126,7 +133,8 @@ class ImageFetcher:
     def __init__(self, label_studio_url: str | None = None, api_key: str | None = None,
                  cache_dir: Path | None = None, cache_max_bytes: int = 1 << 30, max_pixels: int = 50_000_000,
                  max_bytes: int = 200 << 20, timeout: float = 30.0,
-                 allow_url: Callable[[str], None] | None = None, memory_items: int = 8):
+                 allow_url: Callable[[str], None] | None = None, memory_items: int = 8,
+                 http: requests.Session | None = None):
         self.label_studio_url = label_studio_url.rstrip("/") + "/" if label_studio_url else None
         self.api_key = api_key
         self.disk = DiskCache(cache_dir, cache_max_bytes) if cache_dir else None
@@ -135,7 +143,7 @@ class ImageFetcher:
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memory_items = memory_items
         self._lock = threading.Lock()
-        self._http = requests.Session()
+        self._http = http or requests.Session()
 
     @classmethod
     def from_settings(cls, s: settings_module.Settings | None = None, **overrides) -> "ImageFetcher":
@@ -144,30 +152,39 @@ class ImageFetcher:
                       cache_dir=s.cache_dir, cache_max_bytes=int(s.cache_max_mb * (1 << 20)),
                       max_pixels=s.max_pixels, max_bytes=int(s.max_image_mb * (1 << 20)),
                       timeout=s.fetch_timeout)
-        return cls(**{**kwargs, **overrides})
+        policy = UrlPolicy.from_settings(s)
+        return cls(**{**kwargs, "allow_url": policy.check, "http": policy.session(), **overrides})
 
     # --- references to URLs -------------------------------------------------------------
     def resolve(self, reference) -> tuple[str, dict]:
         """The absolute URL of an image reference and the headers to fetch it with."""
         if not isinstance(reference, str) or not reference.strip():
-            raise RequestError(f"the task's image must be a URL string, got {reference!r}", 422)
+            raise RequestError(f"the task's image must be a URL string, got {type(reference).__name__}", 422)
         reference = reference.strip()
-        scheme = urlsplit(reference).scheme.lower()
+        shown = reference.split("?", 1)[0][:300]  # a query string may hold a signature
+        try:
+            scheme = urlsplit(reference).scheme.lower()
+        except ValueError as exc:
+            raise RequestError(f"image {shown!r} is not a valid URL: {exc}", 422) from exc
         if scheme in ("http", "https"):
             url = reference
         elif scheme == "" and reference.startswith("/"):
             if not self.label_studio_url:
-                raise RequestError(f"image {reference!r} is relative to Label Studio, but LABEL_STUDIO_URL "
+                raise RequestError(f"image {shown!r} is relative to Label Studio, but LABEL_STUDIO_URL "
                                    "is not set on the backend", 422)
             url = urljoin(self.label_studio_url, reference.lstrip("/"))
         else:
-            raise RequestError(f"image {reference!r}: only http(s) URLs and Label Studio paths are supported", 422)
+            raise RequestError(f"image {redact(reference)!r}: only http(s) URLs and Label Studio paths are "
+                               "supported", 422)
         if self.allow_url is not None:
             self.allow_url(url)
-        headers = {}
+        return url, self._headers(url)
+
+    def _headers(self, url: str) -> dict:
+        """The token for Label Studio's own origin; nothing for any other host."""
         if self.api_key and self.label_studio_url and _origin(url) == _origin(self.label_studio_url):
-            headers["Authorization"] = f"Token {self.api_key}"
-        return url, headers
+            return {"Authorization": f"Token {self.api_key}"}
+        return {}
 
     # --- bytes --------------------------------------------------------------------------
     def fetch_bytes(self, reference) -> tuple[bytes, bool]:
@@ -178,30 +195,51 @@ class ImageFetcher:
         return self._download(url, headers), False
 
     def _download(self, url: str, headers: dict) -> bytes:
-        shown = url.split("?", 1)[0]  # presigned query strings are credentials: keep them out of messages
+        shown = redact(url)  # presigned query strings and userinfo are credentials: keep them out of messages
         deadline = time.monotonic() + self.timeout
         try:
-            with self._http.get(url, headers=headers, timeout=self.timeout, stream=True) as resp:
-                if resp.status_code >= 400:
-                    status = 502 if resp.status_code >= 500 else 422
-                    raise RequestError(f"image {shown} answered HTTP {resp.status_code}", status)
-                length = resp.headers.get("Content-Length", "")
-                size = int(length) if length.isdigit() else 0
-                if size > self.max_bytes:
-                    raise RequestError(f"image {shown} is {size} bytes, over {self.max_bytes}", 422)
-                chunks, total = [], 0
-                for chunk in resp.iter_content(_CHUNK):
-                    total += len(chunk)
-                    if total > self.max_bytes:
-                        raise RequestError(f"image {shown} is over {self.max_bytes} bytes", 422)
-                    if time.monotonic() > deadline:
-                        raise RequestError(f"image {shown} took over {self.timeout:g} s to download", 504)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+            for _ in range(MAX_REDIRECTS + 1):
+                with self._http.get(url, headers=headers, timeout=self.timeout, stream=True,
+                                    allow_redirects=False) as resp:
+                    if resp.is_redirect:
+                        url = urljoin(url, resp.headers["Location"])
+                        if self.allow_url is not None:
+                            self.allow_url(url)
+                        shown, headers = redact(url), self._headers(url)
+                        continue
+                    return self._read_body(resp, shown, deadline)
         except requests.Timeout as exc:
             raise RequestError(f"image {shown} timed out after {self.timeout:g} s", 504) from exc
         except requests.RequestException as exc:
             raise RequestError(f"image {shown} could not be fetched: {type(exc).__name__}", 502) from exc
+        raise RequestError(f"image {shown} redirected more than {MAX_REDIRECTS} times", 422)
+
+    def _read_body(self, resp, shown: str, deadline: float) -> bytes:
+        if resp.status_code >= 400:
+            status = 502 if resp.status_code >= 500 else 422
+            raise RequestError(f"image {shown} answered HTTP {resp.status_code}", status)
+        if not 200 <= resp.status_code < 300:
+            raise RequestError(f"image {shown} answered HTTP {resp.status_code}, not an image", 422)
+        length = resp.headers.get("Content-Length", "")
+        size = int(length) if length.isdigit() else 0
+        if size > self.max_bytes:
+            raise RequestError(f"image {shown} is {size} bytes, over {self.max_bytes}", 422)
+        chunks, total = [], 0
+        while True:
+            if time.monotonic() > deadline:
+                raise RequestError(f"image {shown} took over {self.timeout:g} s to download", 504)
+            try:  # read1: returns whatever arrived, so a host dripping bytes meets the deadline check
+                chunk = resp.raw.read1(_CHUNK, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                raise RequestError(f"image {shown} timed out after {self.timeout:g} s", 504) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise RequestError(f"image {shown} could not be fetched: {type(exc).__name__}", 502) from exc
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > self.max_bytes:
+                raise RequestError(f"image {shown} is over {self.max_bytes} bytes", 422)
+            chunks.append(chunk)
 
     # --- pixels -------------------------------------------------------------------------
     def load(self, reference) -> np.ndarray:

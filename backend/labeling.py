@@ -13,6 +13,7 @@ from label_studio_tools.core.label_config import parse_config
 
 from focuscut_core import Click
 
+from . import settings as settings_module
 from .errors import RequestError
 
 
@@ -104,12 +105,16 @@ def _label(value: dict, i: int) -> str:
     return labels[0]
 
 
-def parse_context(context) -> ClickRequest | None:
+def parse_context(context, max_clicks: int | None = None) -> ClickRequest | None:
     """The clicks of an interactive request's ``context`` (None when it has no keypoints).
 
     The clicked label is the last keypoint's; only keypoints of that label and tag count.
-    ``is_positive`` false marks a negative click; a missing flag means positive.
+    ``is_positive`` false marks a negative click; a missing flag means positive. More than
+    ``max_clicks`` keypoints (default FOCUSCUT_MAX_CLICKS) is refused (422): each costs a
+    network pass, and thousands would hold a worker past gunicorn's timeout.
     """
+    if max_clicks is None:
+        max_clicks = settings_module.get().max_clicks
     if context is None:
         return None
     if not isinstance(context, dict):
@@ -136,6 +141,9 @@ def parse_context(context) -> ClickRequest | None:
         point = Point(_number(value.get("x"), f"context.result[{i}].value.x"),
                       _number(value.get("y"), f"context.result[{i}].value.y"), positive)
         items.append((_label(value, i), item.get("from_name"), item.get("to_name"), point))
+        if len(items) > max_clicks:
+            raise RequestError(f"context.result has over {max_clicks} keypoints: at most {max_clicks} clicks "
+                               f"per object (FOCUSCUT_MAX_CLICKS)", 422)
     if not items:
         return None
     label, tag, image, _ = items[-1]

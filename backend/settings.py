@@ -50,6 +50,9 @@ class Settings:
     train_eval_samples: int  # FOCUSCUT_TRAIN_EVAL_SAMPLES: held-out masks evaluated before/after a fit
     train_eval_clicks: int  # FOCUSCUT_TRAIN_EVAL_CLICKS: robot clicks per held-out mask (NoC cap)
     train_eval_mode: str  # FOCUSCUT_TRAIN_EVAL_MODE: inference mode of that evaluation (default FOCUSCUT_MODE)
+    allowed_hosts: tuple  # FOCUSCUT_ALLOWED_HOSTS: image hosts besides Label Studio (backend/url_policy.py)
+    max_body_mb: float  # FOCUSCUT_MAX_BODY_MB: larger request bodies are refused (413)
+    max_clicks: int  # FOCUSCUT_MAX_CLICKS: more clicks in one request are refused (422)
     basic_auth_user: str | None  # BASIC_AUTH_USER
     basic_auth_pass: str | None  # BASIC_AUTH_PASS
 
@@ -79,6 +82,9 @@ def load() -> Settings:
         train_eval_samples=_int("FOCUSCUT_TRAIN_EVAL_SAMPLES", 10),
         train_eval_clicks=_int("FOCUSCUT_TRAIN_EVAL_CLICKS", 20),
         train_eval_mode=_str("FOCUSCUT_TRAIN_EVAL_MODE", _str("FOCUSCUT_MODE", "fast_pfs")),
+        allowed_hosts=tuple(h for h in (_str("FOCUSCUT_ALLOWED_HOSTS", "") or "").replace(" ", ",").split(",") if h),
+        max_body_mb=_float("FOCUSCUT_MAX_BODY_MB", 32.0),
+        max_clicks=_int("FOCUSCUT_MAX_CLICKS", 100),
         basic_auth_user=_str("BASIC_AUTH_USER"),
         basic_auth_pass=_str("BASIC_AUTH_PASS"),
     )
