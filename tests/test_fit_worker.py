@@ -122,3 +122,30 @@ def test_unwritable_model_dir_fails_the_job_clearly_and_keeps_the_version(redis_
     assert status["state"] == "failed" and "is not writable" in status["error"], status
     assert "current version is kept" in status["error"]
     assert (model_dir / "7/manifest.json").read_bytes() == before
+
+
+def test_whole_worker_killed_job_is_recovered_by_the_next_worker(redis_url, model_dir):
+    """SIGKILL of the worker and its work horse together (an OOM kill, a lost container): the job
+    stays 'started' until its heartbeat expires (job monitoring interval + 60 s); the next worker's
+    registry maintenance then retries it, and the retry publishes. Meanwhile nothing changed on disk."""
+    before = (model_dir / "7/manifest.json").read_bytes()
+    env_extra = {"FOCUSCUT_TRAIN_MAX_STEPS": "2"}
+    with labelstudio_project(7, 4) as (_, ls_url):
+        env = worker_env(redis_url, ls_url, model_dir, **env_extra)
+        conn, outcome = enqueue(redis_url, model_dir)
+        job = Job.fetch(outcome["job_id"], connection=conn)
+        with rq_worker(env, "--job-monitoring-interval", "5") as first:
+            wait_until(lambda: job.get_meta().get("step", 0) >= 1, 240, "first attempt training")
+            os.killpg(first.proc.pid, signal.SIGKILL)  # the worker...
+            os.kill(job.get_meta()["worker_pid"], signal.SIGKILL)  # ...and its horse (rq gives it its own session)
+            first.proc.wait(10)
+        assert job.get_status() == JobStatus.STARTED  # nobody knows yet that it died
+        assert (model_dir / "7/manifest.json").read_bytes() == before
+        # until then a new event coalesces into it (it is not lost: it will be retried)
+        assert enqueue(redis_url, model_dir)[1]["job_id"] == job.id
+        with rq_worker(env, "--worker-ttl", "20", "--maintenance-interval", "5") as second:
+            wait_until(lambda: job.get_status() == JobStatus.FINISHED, 420, "retried job finished")
+    status = fit_queue.job_status(job)
+    assert status["retries_left"] == 0, status  # it ran again as rq's retry of an abandoned job
+    assert status["result"]["version"] == "7-v2"
+    assert manifest(model_dir)["current"] == "7-v2"
