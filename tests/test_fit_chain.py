@@ -11,7 +11,7 @@ from fit_services import TOKEN, labelstudio_project, rq_worker, worker_env
 from focuscut_core import load_weights, save_weights
 from focuscut_core.weights import DEFAULT_WEIGHTS
 from ls_payloads import clicks_at, predict_body, setup_body, task
-from services import gunicorn_server
+from services import free_port, gunicorn_server, redis_server
 
 PROJECT = "7.1764000000"  # as Label Studio sends it to /setup and /predict
 
@@ -92,3 +92,32 @@ def test_webhook_to_worker_to_hot_reloaded_predictions(redis_url, tmp_path):
             assert bad.status_code == 409 and "no version '7-v9'" in bad.json()["error"]
             assert web.proc.poll() is None
     assert fit_queue.QUEUE in worker.log()
+
+
+def test_redis_down_predict_serves_fit_answers_503_and_the_count_survives(tmp_path):
+    port = free_port()
+    first_redis = redis_server(port=port)
+    redis_url = first_redis.__enter__()
+    try:
+        with labelstudio_project(7, 2) as (state, ls_url), gunicorn_server(
+                env={**worker_env(redis_url, ls_url, tmp_path / "models"), "FOCUSCUT_TRAIN_MIN_ANNOTATIONS": "3"},
+                workers=1) as web:
+            first = requests.post(web.url + "/webhook", json=annotation_webhook(1), timeout=5).json()
+            assert first["status"] == "waiting" and first["new_annotations"] == 1
+            first_redis.__exit__(None, None, None)  # Redis dies and, keeping no data, forgets everything
+            first_redis = None
+
+            assert served_versions(web.url, state, n=2)  # predictions go on
+            t0 = time.monotonic()
+            down = requests.post(web.url + "/webhook", json=annotation_webhook(2), timeout=5)
+            assert down.status_code == 503 and time.monotonic() - t0 < 1.0
+            assert "Redis is unreachable" in down.json()["error"] and "will be added" in down.json()["error"]
+            assert requests.get(web.url + "/projects/7/jobs", timeout=5).status_code == 503
+
+            with redis_server(port=port):
+                back = requests.post(web.url + "/webhook", json=annotation_webhook(3), timeout=5).json()
+            # the event that met the outage is counted again: this one + the one kept in the process
+            assert back["new_annotations"] == 2 and back["status"] == "waiting"
+    finally:
+        if first_redis is not None:
+            first_redis.__exit__(None, None, None)
