@@ -53,7 +53,7 @@ def project_id(value) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
     text = str(value).split(".", 1)[0].strip()
-    return text if text.isdigit() else None
+    return text if text.isascii() and text.isdigit() else None
 
 
 def annotation_count(data: dict) -> int:
@@ -99,7 +99,7 @@ def job(job_id: str):
 
 @blueprint.route("/projects/<project>/jobs", methods=["GET"])
 def project_jobs(project: str):
-    if not project.isdigit():
+    if not (project.isascii() and project.isdigit()):
         return error(f"project must be a numeric id, got {project!r}", 400)
     conn, failure = redis_or_503()
     if failure:
@@ -130,7 +130,7 @@ def rollback(project: str):
     try:
         current = publish.rollback(settings_module.get().model_dir, project, body.get("version"))
     except publish.PublishError as exc:
-        return error(str(exc), 409 if project.isdigit() else 400)
+        return error(str(exc), 409 if project.isascii() and project.isdigit() else 400)
     return jsonify({"project": project, "current": current})
 
 

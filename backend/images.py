@@ -221,7 +221,7 @@ class ImageFetcher:
         if not 200 <= resp.status_code < 300:
             raise RequestError(f"image {shown} answered HTTP {resp.status_code}, not an image", 422)
         length = resp.headers.get("Content-Length", "")
-        size = int(length) if length.isdigit() else 0
+        size = int(length) if length.isascii() and length.isdigit() else 0
         if size > self.max_bytes:
             raise RequestError(f"image {shown} is {size} bytes, over {self.max_bytes}", 422)
         chunks, total = [], 0

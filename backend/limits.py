@@ -56,7 +56,7 @@ class RequestLimits:
                                 f"{ctype} bodies are not accepted: send JSON (application/json)")
         length = environ.get("CONTENT_LENGTH", "").strip()
         if length:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 return self._refuse(start_response, "400 Bad Request", "Content-Length is not a number")
             if int(length) > self.max_bytes:
                 return self._refuse(start_response, "413 Request Entity Too Large",

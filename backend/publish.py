@@ -38,7 +38,7 @@ class PublishError(RuntimeError):
 
 
 def project_dir(model_dir: str | Path, project: str) -> Path:
-    if not str(project).isdigit():
+    if not (str(project).isascii() and str(project).isdigit()):
         raise PublishError(f"project must be a numeric Label Studio id, got {project!r}")
     return Path(model_dir) / str(project)
 

@@ -142,7 +142,7 @@ class UrlPolicy:
             if name == "*":
                 return True
             entry_host, _, entry_port = name.rpartition(":") if name.count(":") == 1 else (name, "", "")
-            if entry_port and (not entry_port.isdigit() or int(entry_port) != port):
+            if entry_port and (not (entry_port.isascii() and entry_port.isdigit()) or int(entry_port) != port):
                 continue
             if entry_host == host or (entry_host.startswith("*.") and host.endswith(entry_host[1:])):
                 return True
