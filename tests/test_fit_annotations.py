@@ -1,5 +1,8 @@
 """Label Studio export -> training samples, through the SDK and the image fetcher, against a
 loopback server speaking Label Studio 1.23's export format."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -72,3 +75,16 @@ def test_holdout_is_stable_and_never_empty_with_two_tasks():
     two = [s for s in samples if not annotations.is_holdout(s.task)][:2]
     train, held = annotations.split(two)
     assert len(train) == 1 and len(held) == 1
+
+
+def test_served_export_has_the_shape_of_a_real_label_studio_1_23_export():
+    """tests/data/ls_1_23_2_export.json was recorded from Label Studio 1.23.2 by
+    test_fit_labelstudio.py (FOCUSCUT_RECORD_EXPORT=1): a task annotated with synthetic_object(1)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "ls_1_23_2_export.json").read_text())[0]
+    ours = make_task(1, 1, "x.png", [brush_result(synthetic_object(1)[1])])
+    assert set(recorded) == set(ours)
+    assert set(recorded["annotations"][0]) == set(ours["annotations"][0])
+    assert set(recorded["annotations"][0]["result"][0]) == set(ours["annotations"][0]["result"][0])
+    np.testing.assert_array_equal(annotations.decode_region(recorded["annotations"][0]["result"][0]),
+                                  synthetic_object(1)[1])
+    assert annotations.task_image_url(recorded).startswith("/data/upload/1/")
