@@ -43,13 +43,14 @@ def _port_open(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def redis_server(port: int | None = None, appendonly: bool = False):
-    """A fresh redis-server on 127.0.0.1:``port`` (a free one by default); yields its URL."""
+def redis_server(port: int | None = None, appendonly: bool = False, data_dir: Path | None = None):
+    """A redis-server on 127.0.0.1:``port`` (a free one by default) over ``data_dir`` (a fresh
+    temporary one, removed afterwards, by default); yields its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="focuscut-redis-")
+    workdir = str(data_dir) if data_dir else tempfile.mkdtemp(prefix="focuscut-redis-")
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
             "--appendonly", "yes" if appendonly else "no", "--daemonize", "no"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,7 +63,8 @@ def redis_server(port: int | None = None, appendonly: bool = False):
             proc.wait(5)
         if proc.poll() is None:
             proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not data_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Gunicorn:

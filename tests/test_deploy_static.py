@@ -9,9 +9,11 @@ scripts/serve itself).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from rq import Worker
 from rq.job import Job, JobStatus
 
 from backend import fit_queue
-from services import ROOT, free_port, launched, wait_for
+from services import ROOT, free_port, launched, redis_server, wait_for
 
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "deploy" / "docker-compose.gpu.yml"
@@ -304,8 +306,10 @@ def test_web_command_line_from_compose_serves_and_passes_the_image_healthcheck(c
     assert check.returncode != 0, "the healthcheck passes with the server stopped"
 
 
-def test_scripts_serve_starts_everything_and_stops_it_on_ctrl_c(redis_url, tmp_path):
-    """scripts/serve with a Redis that answers: worker, scheduler, gunicorn; SIGINT stops them all."""
+@contextlib.contextmanager
+def serving(redis_url: str, tmp_path: Path):
+    """scripts/serve with ``redis_url``, up (it printed its URL); yields (process, log path, port).
+    The test stops it; whatever is left (its children run in their own sessions) is killed."""
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "WEB_CONCURRENCY": "1",
            "FOCUSCUT_MODEL_DIR": str(tmp_path / "models"), "FOCUSCUT_CACHE_DIR": str(tmp_path / "cache"),
@@ -314,26 +318,60 @@ def test_scripts_serve_starts_everything_and_stops_it_on_ctrl_c(redis_url, tmp_p
     with open(log, "wb") as out:
         serve = subprocess.Popen([str(ROOT / "scripts" / "serve")], cwd=ROOT, env=env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-    conn = redis.Redis.from_url(redis_url)
     try:
         wait_for(lambda: serve.poll() is None and f"http://localhost:{port}" in log.read_text(), 300,
                  "scripts/serve")
+        yield serve, log, port
+    finally:
+        if serve.poll() is None:
+            serve.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                serve.wait(60)
+
+
+def ctrl_c(serve: subprocess.Popen, log: Path) -> str:
+    """SIGINT (what Ctrl-C sends) to scripts/serve; returns its log once it has exited."""
+    serve.send_signal(signal.SIGINT)
+    serve.wait(90)
+    text = log.read_text()
+    assert serve.returncode == 130, text
+    return text
+
+
+def test_scripts_serve_uses_the_redis_that_answers_and_stops_everything_on_ctrl_c(redis_url, tmp_path):
+    conn = redis.Redis.from_url(redis_url)
+    with serving(redis_url, tmp_path) as (serve, log, port):
         assert any("focuscut" in w.queue_names() for w in Worker.all(connection=conn))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
             assert r.status == 200
-        serve.send_signal(signal.SIGINT)  # what Ctrl-C sends to the script
-        serve.wait(60)
-    finally:
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGKILL)
-    text = log.read_text()
-    assert serve.returncode == 130, text
-    for name in ("web", "scheduler", "worker"):
-        assert f"stopping {name}" in text, text
+        text = ctrl_c(serve, log)
+    assert "starting redis-server" not in text  # one answered at REDIS_URL
+    assert re.findall(r"stopping (\w+)", text) == ["web", "scheduler", "worker"], text
     assert not Worker.all(connection=conn), text
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-    assert "starting redis-server" not in text  # one answered at REDIS_URL: serve used it
+
+
+def test_scripts_serve_starts_a_persistent_redis_when_none_answers(tmp_path):
+    redis_port = free_port()
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    data_dir = ROOT / ".cache" / "redis" / str(redis_port)
+    try:
+        with serving(url, tmp_path) as (serve, log, _):
+            conn = redis.Redis.from_url(url)
+            assert any("focuscut" in w.queue_names() for w in Worker.all(connection=conn))
+            conn.set("focuscut:test:kept", "yes")
+            text = ctrl_c(serve, log)
+        assert f"starting redis-server on port {redis_port}" in text
+        assert re.findall(r"stopping (\w+)", text) == ["web", "scheduler", "worker", "redis"], text
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        assert (data_dir / "appendonlydir").is_dir()
+        # what was written survives: a redis-server on the same directory has it
+        with redis_server(appendonly=True, data_dir=data_dir) as again:
+            assert redis.Redis.from_url(again).get("focuscut:test:kept") == b"yes"
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_serve_and_test_share_the_install_logic():
