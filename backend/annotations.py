@@ -53,10 +53,23 @@ def latest_annotation(task: dict) -> dict | None:
     return max(kept, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
 
 
-def decode_region(result: dict) -> np.ndarray:
-    """HxW uint8 0/255 mask of one brushlabels result; ValueError if its RLE does not decode."""
+def decode_region(result: dict, max_pixels: int = 50_000_000) -> np.ndarray:
+    """HxW uint8 0/255 mask of one brushlabels result; ValueError if its RLE does not decode.
+
+    The RLE's header (its first 4 bytes: the number of values) must be H*W*4 with H*W at most
+    ``max_pixels``: the decoder allocates and fills that many values, so an annotation that
+    claims 4 billion would take the worker's memory.
+    """
     value = result.get("value") or {}
     height, width = int(result["original_height"]), int(result["original_width"])
+    rle = value.get("rle")
+    if not 0 < height * width <= max_pixels or height <= 0:
+        raise ValueError(f"brush region of {height}x{width} pixels is empty or over {max_pixels}")
+    if not isinstance(rle, list) or len(rle) < 4 or not all(isinstance(b, int) and 0 <= b < 256 for b in rle[:4]):
+        raise ValueError("brush RLE is not a list of bytes")
+    declared = int.from_bytes(bytes(rle[:4]), "big")
+    if declared != height * width * 4:
+        raise ValueError(f"brush RLE holds {declared} values, not {height}x{width}x4")
     try:
         rgba = np.asarray(decode_rle(value["rle"]), dtype=np.uint8)
         alpha = rgba.reshape(height, width, 4)[:, :, 3]

@@ -89,8 +89,11 @@ class ClickRequest:
 
 def _number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"{what} must be a number, got {value!r}", 400)
-    value = float(value)
+        raise RequestError(f"{what} must be a number, got {type(value).__name__}", 400)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        value = math.inf if value > 0 else -math.inf
     if not math.isfinite(value):
         raise RequestError(f"{what} is not finite ({value})", 422)
     if not 0.0 <= value <= 100.0:

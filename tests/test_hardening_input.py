@@ -136,6 +136,7 @@ def corpus(ls_url: str) -> list[Case]:
         Case("y -1e308", 422, json=body(results=one(y=-1e308))),
         Case("x 1e400 (overflows to inf)", 422, raw=json.dumps(body(results=one(x=0.5))).replace("0.5", "1e400").encode()),
         Case("x 100.000001", 422, json=body(results=one(x=100.000001))),
+        Case("x a 400-digit integer", 422, json=body(results=one(x=10 ** 400))),
         Case("5000 clicks", 422, json=body(results=many)),
         # --- labelling configs
         Case("config without BrushLabels", 422, json=body(config=NO_BRUSH)),
