@@ -3,9 +3,9 @@
 Steps, each visible in ``job.meta["stage"]``: check that the model directory is writable;
 fetch the project export from Label Studio; build samples from the latest annotation of each
 task (unusable ones skipped and counted); split off the held-out tasks; evaluate the current
-version on them (NoC@90); fine-tune a copy for at most FOCUSCUT_TRAIN_MAX_STEPS steps /
-FOCUSCUT_TRAIN_MAX_SECONDS; evaluate again (FOCUSCUT_TRAIN_EVAL_SAMPLES held-out masks,
-FOCUSCUT_TRAIN_EVAL_CLICKS robot clicks, FOCUSCUT_TRAIN_EVAL_MODE); publish a new version only if NoC@90 did not get worse.
+version on them (NoC@90 over FOCUSCUT_TRAIN_EVAL_SAMPLES masks, FOCUSCUT_TRAIN_EVAL_CLICKS robot
+clicks, FOCUSCUT_TRAIN_EVAL_MODE); fine-tune it for at most FOCUSCUT_TRAIN_MAX_STEPS steps /
+FOCUSCUT_TRAIN_MAX_SECONDS; evaluate again; publish a new version only if NoC@90 did not rise.
 
 ``job.meta`` carries the progress: stage, step, max_steps, loss, samples_train, samples_holdout,
 skipped, noc90_before, noc90_after, version. Any exception fails the job with its message (RQ
@@ -158,5 +158,7 @@ def train_project(project: str) -> dict:
     report(stage="starting", new_annotations_seen=seen, worker_pid=os.getpid())
     result = fine_tune_project(project, settings, ImageFetcher.from_settings(settings).load, report)
     report(stage="done", version=result.get("version"))
+    log.info("project %s: %s", project, {k: result.get(k) for k in
+                                         ("published", "version", "noc90_before", "noc90_after", "steps", "reason")})
     fit_queue.finish(conn, project, job.id if job else None, seen, settings)
     return result
