@@ -11,6 +11,7 @@ from the request, so any gunicorn worker answers, and every failure is a JSON
                       -> {"results": [prediction...], "model_version"}; header X-FocusCut-Stats:
                       JSON timings (fetch_s, net_s, session_s, rle_s, total_s), cache use (cache,
                       cache_hit_clicks, steps, net_calls) and the worker's pid
+    GET  /versions    {project} (a JSON body, as Label Studio sends it) -> {"versions", "current"}
     GET  /metrics     {}
     + the fit routes (/webhook, /jobs/..., /projects/...) of ``backend.fit_api``
 
@@ -33,7 +34,8 @@ from . import settings as settings_module
 from .errors import RequestError
 from .labeling import parse_label_config
 from .limits import RequestLimits
-from .model import FocusCutBackend
+from .model import FocusCutBackend, segmenter
+from .registry import published_versions
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,16 @@ def predict():
     return response
 
 
+def versions():
+    """Label Studio's model-version list (GET with a JSON body {"project": "<id>.<ts>"})."""
+    data = request.get_json(force=True, silent=True)
+    project = data.get("project") if isinstance(data, dict) else request.args.get("project")
+    model = FocusCutBackend(project=project)
+    published = published_versions(project, settings_module.get().model_dir)
+    default = segmenter().predictors.default().version
+    return jsonify({"versions": [default, *published], "current": model.model_version})
+
+
 def metrics():
     return jsonify({})
 
@@ -109,6 +121,7 @@ def create_app() -> Flask:
     app.add_url_rule("/health", "health", health, methods=["GET"])
     app.add_url_rule("/setup", "setup", setup, methods=["POST"])
     app.add_url_rule("/predict", "predict", predict, methods=["POST"])
+    app.add_url_rule("/versions", "versions", versions, methods=["GET", "POST"])
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
     fit_api.register(app)
     app.register_error_handler(RequestError, _request_error)

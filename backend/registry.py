@@ -60,6 +60,17 @@ def current_version(project, model_dir: Path) -> tuple[str | None, Path | None]:
     raise ValueError(f"{path}: current version {current!r} is not among its versions")
 
 
+def published_versions(project, model_dir: Path) -> list[str]:
+    """The versions the project's manifest lists, oldest first ([] without a readable manifest)."""
+    pid = project_id(project)
+    try:
+        manifest = json.loads(manifest_path(model_dir, pid).read_text()) if pid else {}
+    except (OSError, ValueError):
+        return []
+    entries = manifest.get("versions", []) if isinstance(manifest, dict) else []
+    return [e["version"] for e in entries if isinstance(e, dict) and isinstance(e.get("version"), str)]
+
+
 def _signature(path: Path):
     try:
         st = path.stat()

@@ -119,8 +119,8 @@ class Segmenter:
                 continue
             try:
                 candidate = Session.from_bytes(predictor, image, found[k - 1], self.config)
-            except ValueError as exc:
-                log.warning("session cache: stored state unusable (%s); ignoring it", exc)
+            except Exception as exc:  # a damaged stored state costs a replay, never the request
+                log.warning("session cache: stored state unusable (%s: %s); ignoring it", type(exc).__name__, exc)
                 continue
             if candidate.clicks == clicks[:k]:
                 session, start = candidate, k

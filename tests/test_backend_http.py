@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -127,7 +129,8 @@ def test_odd_sized_images_by_every_kind_of_url(server, predictor, source):
     (with the token) or a presigned cloud URL (without)."""
     g, ls, cloud, _ = server
     url = "/data/local-files/?d=odd%2Fodd.png" if source == "local-files" else cloud.url + "/bucket/odd.png?X-Amz-Signature=f00"
-    pixels = [(45, 60, True), (0, 0, False), (90, 120, False), (0, 120, True), (90, 0, True)]
+    corners = [(0, 0, False), (90, 120, False)] if source == "local-files" else [(0, 120, False), (90, 0, True)]
+    pixels = [(45, 60, True), *corners]
     resp = click_request(g.url, pixels, image_url=url, size=(91, 121))
     assert resp.status_code == 200, resp.text
     region, = resp.json()["results"][0]["result"]
@@ -205,6 +208,9 @@ def test_bad_input_is_a_clear_4xx_and_loses_nothing(server, predictor):
         assert resp.status_code == status, (name, resp.status_code, resp.text)
         error = resp.json()["error"]
         assert isinstance(error, str) and error and "Traceback" not in resp.text, name
+    for route in ("/setup", "/webhook"):
+        resp = requests.post(g.url + route, data=b"{oops", timeout=30)
+        assert resp.status_code == 400 and resp.json()["error"], route
     bad_setup = post(g.url + "/setup", setup_body(config=BAD_CONFIG_NO_BRUSH))
     assert bad_setup.status_code == 422 and "BrushLabels" in bad_setup.json()["error"]
     again = click_request(g.url, SEQUENCE[:3])  # stored state and cached image survived
@@ -229,11 +235,22 @@ def test_published_versions_are_served_without_restart(server, predictor):
     assert resp.status_code == 200 and resp.json()["model_version"] == "5-v1"
     np.testing.assert_array_equal(region_mask(resp.json()["results"][0]["result"][0]),
                                   core_mask(predictor, IMAGE, SEQUENCE[:2]))
+    listed = requests.get(g.url + "/versions", json={"project": "5.1764000000"}, timeout=30).json()
+    assert listed == {"versions": [predictor.version, "5-v1"], "current": "5-v1"}
     (project_dir / "manifest.json").write_text("{ not json")
     resp = click_request(g.url, SEQUENCE[:1], project="5.1764000000")
     assert resp.status_code == 200 and resp.json()["model_version"] == "5-v1"
     other = click_request(g.url, SEQUENCE[:1], project="6.1764000000")
     assert other.json()["model_version"] == predictor.version
+
+
+def test_importing_the_app_loads_no_network():
+    """gunicorn may import the app before forking: nothing is loaded (and CUDA untouched) until
+    a worker's first request."""
+    code = ("import torch, backend.wsgi, backend.model as m; "
+            "assert m.segmenter.cache_info().currsize == 0; assert not torch.cuda.is_initialized(); print('lazy')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "lazy" in out.stdout, out.stderr
 
 
 # --- several workers and Redis -------------------------------------------------------------
@@ -269,7 +286,10 @@ def test_two_workers_share_sessions_through_redis(tmp_path, predictor):
             if other_worker_hits:
                 break
         assert other_worker_hits
-        redis.Redis.from_url(redis_url).flushall()
+        r = redis.Redis.from_url(redis_url)
+        keys = r.keys("focuscut:session:*")
+        assert len(keys) >= len(SEQUENCE) and all(0 < r.ttl(k) <= 3600 for k in keys)  # states expire
+        r.flushall()
         replayed = click_request(g.url, SEQUENCE)
         assert stats(replayed)["steps"] == len(SEQUENCE) and stats(replayed)["net_calls"] > len(SEQUENCE)
         np.testing.assert_array_equal(region_mask(replayed.json()["results"][0]["result"][0]), expected)

@@ -28,7 +28,8 @@ def test_label_studio_gets_our_brush_regions_for_smart_clicks(tmp_path):
     predictor = load_predictor()
     image = sample_image(90, 120, seed=11)
     (tmp_path / "files" / "pics").mkdir(parents=True)
-    (tmp_path / "files" / "pics" / "odd.png").write_bytes(png_bytes(sample_image(91, 121, seed=12)))
+    odd = sample_image(91, 121, seed=12)
+    (tmp_path / "files" / "pics" / "odd.png").write_bytes(png_bytes(odd))
     with label_studio_server(local_files_root=tmp_path / "files") as ls:
         env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "REDIS_URL": "",
                "FOCUSCUT_CACHE_DIR": str(tmp_path / "cache"), "FOCUSCUT_MODEL_DIR": str(tmp_path / "models"),
@@ -57,4 +58,20 @@ def test_label_studio_gets_our_brush_regions_for_smart_clicks(tmp_path):
                 assert body["data"]["model_version"] == predictor.version
                 expected = replay(predictor, image, [Click(r + 0.5, c + 0.5, p) for r, c, p in SEQUENCE[:n]]).mask
                 np.testing.assert_array_equal(region_mask(region), expected)
+
+            # a task served from Label Studio's local files (/data/local-files/?d=..., token needed)
+            storage = requests.post(f"{ls.url}/api/storages/localfiles", headers=ls.headers, timeout=60, json={
+                "project": project.id, "path": str(tmp_path / "files" / "pics"), "use_blob_urls": False,
+                "title": "pics"})
+            assert storage.status_code == 201, storage.text
+            client.projects.import_tasks(id=project.id, request=[{"image": "/data/local-files/?d=pics/odd.png"}])
+            local = [t for t in client.tasks.list(project=project.id) if t.id != task.id][0]
+            corners = [(45, 60, True), (0, 0, False), (90, 120, False)]
+            resp = requests.post(f"{ls.url}/api/ml/{ml.id}/interactive-annotating", headers=ls.headers, timeout=200,
+                                 json={"task": local.id, "context": {"result": clicks_at(corners, 91, 121)}})
+            assert resp.status_code == 200 and "errors" not in resp.json(), resp.text
+            region, = resp.json()["data"]["result"]
+            assert (region["original_height"], region["original_width"]) == (91, 121)
+            expected = replay(predictor, odd, [Click(r + 0.5, c + 0.5, p) for r, c, p in corners]).mask
+            np.testing.assert_array_equal(region_mask(region), expected)
             assert "Traceback" not in backend.log()
