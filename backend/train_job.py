@@ -128,7 +128,9 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
     report(stage="evaluating_after", train_seconds=round(train_seconds, 1))
     after = evaluate_samples(Predictor(net, device, version="candidate"), held_pairs, config, max_clicks=clicks)
     metrics = {"noc90_before": before["noc90"], "noc90_after": after["noc90"], "noc85_before": before["noc85"],
-               "noc85_after": after["noc85"], "samples_train": len(train_pairs), "samples_holdout": len(held_pairs),
+               "noc85_after": after["noc85"], "miou_per_click_before": before["miou_per_click"],
+               "miou_per_click_after": after["miou_per_click"], "samples_train": len(train_pairs),
+               "samples_holdout": len(held_pairs),
                "annotations": data.annotations, "skipped": dict(data.skipped), "eval_mode": config.mode,
                "eval_clicks": clicks,
                "steps": int(report.meta.get("step", 0)),
