@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
+from label_studio_sdk.core.api_error import ApiError
 from rq import get_current_job
 
 from focuscut_core import InferenceConfig, load_weights, select_device
@@ -30,6 +32,7 @@ from focuscut_core.weights import DEFAULT_WEIGHTS
 
 from . import annotations, fit_queue, publish
 from . import settings as settings_module
+from .url_policy import redact
 
 log = logging.getLogger(__name__)
 MAX_SIDE = 640  # samples are downscaled to this long side (px): bounded CPU time per step and per click
@@ -97,7 +100,13 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
         raise TrainingError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set for the worker "
                             "to read the project's annotations")
     report(stage="fetching")
-    tasks = annotations.fetch_export(settings.label_studio_url, settings.label_studio_api_key, project)
+    try:
+        tasks = annotations.fetch_export(settings.label_studio_url, settings.label_studio_api_key, project)
+    except (httpx.HTTPError, ApiError, ValueError) as exc:
+        detail = f"HTTP {exc.status_code}" if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+        raise TrainingError(f"cannot read project {project}'s annotations from Label Studio at "
+                            f"{redact(settings.label_studio_url)} ({detail}); nothing was trained, the current "
+                            f"version is kept, and the job can be retried") from exc
     data = annotations.build_samples(tasks, load_image)
     train, held = annotations.split(data.samples)
     report(annotations=data.annotations, skipped=dict(data.skipped), samples_train=len(train),
