@@ -6,7 +6,7 @@ request, i.e. in each gunicorn worker after the fork.
 """
 from __future__ import annotations
 
-import functools
+import threading
 
 from label_studio_ml.model import LabelStudioMLBase
 
@@ -20,12 +20,33 @@ from .registry import PredictorCache, project_id
 from .segment import Segmenter
 
 
-@functools.lru_cache(maxsize=1)
-def segmenter() -> Segmenter:
-    """This process's segmenter, built from the settings on first use."""
-    s = settings_module.get()
-    return Segmenter(PredictorCache(s.model_dir, s.weights, s.device), ImageFetcher.from_settings(s),
-                     session_store.from_settings(s), InferenceConfig(mode=s.mode))
+class _PerProcess:
+    """This process's ``Segmenter``, built from the settings on first use, once even when two
+    threads ask at the same time (so the network is loaded once); ``cache_clear`` forgets it."""
+
+    def __init__(self):
+        self._segmenter: Segmenter | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Segmenter:
+        with self._lock:
+            if self._segmenter is None:
+                s = settings_module.get()
+                self._segmenter = Segmenter(PredictorCache(s.model_dir, s.weights, s.device),
+                                            ImageFetcher.from_settings(s), session_store.from_settings(s),
+                                            InferenceConfig(mode=s.mode))
+            return self._segmenter
+
+    @property
+    def built(self) -> bool:
+        return self._segmenter is not None
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._segmenter = None
+
+
+segmenter = _PerProcess()
 
 
 class FocusCutBackend(LabelStudioMLBase):
