@@ -216,3 +216,32 @@ def test_secrets_stay_out_of_answers_and_logs(guarded, hosts):
                    setup_body()["access_token"]):
         assert secret not in text, secret
     assert "/data/upload/1/missing.png answered HTTP 404" in text  # the errors still say what failed
+
+
+# --- Flask/Werkzeug configuration --------------------------------------------------------------
+
+def test_no_debugger_and_half_set_auth_refuses_to_start(monkeypatch, tmp_path):
+    """FLASK_DEBUG/FLASK_ENV cannot switch on debug behaviour: an unexpected exception is a JSON
+    500 with no traceback and no Werkzeug debugger page. One of BASIC_AUTH_USER/PASS alone is a
+    configuration error at start, not a silently open backend."""
+    from backend import settings as settings_module
+    from backend.api import create_app
+
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    monkeypatch.setenv("FLASK_ENV", "development")
+    monkeypatch.setenv("FOCUSCUT_MODEL_DIR", str(tmp_path))
+    settings_module.get.cache_clear()
+    try:
+        app = create_app()
+        assert not app.debug and not app.config["PROPAGATE_EXCEPTIONS"]
+        app.add_url_rule("/boom", "boom", lambda: 1 / 0)
+        resp = app.test_client().get("/boom")
+        text = resp.get_data(as_text=True)
+        assert resp.status_code == 500 and resp.get_json()["error"].startswith("internal error (ZeroDivisionError)")
+        assert "Traceback" not in text and "Werkzeug" not in text and "console" not in text
+        monkeypatch.setenv("BASIC_AUTH_USER", "only-the-user")
+        settings_module.get.cache_clear()
+        with pytest.raises(ValueError, match="BASIC_AUTH_USER and BASIC_AUTH_PASS"):
+            create_app()
+    finally:
+        settings_module.get.cache_clear()
