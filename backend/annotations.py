@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import cv2
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
@@ -87,8 +88,20 @@ def task_image_url(task: dict) -> str | None:
     return next((v for v in data.values() if isinstance(v, str) and (v.startswith(("/", "http")))), None)
 
 
-def build_samples(tasks: Iterable[dict], load_image: Callable[[str], np.ndarray]) -> ProjectSamples:
-    """Samples from exported ``tasks``; ``load_image(url)`` returns an image array or raises."""
+def downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` with its long side at most ``max_side`` px (area interpolation; None: as is)."""
+    scale = max_side / max(image.shape[:2]) if max_side else 1.0
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def build_samples(tasks: Iterable[dict], load_image: Callable[[str], np.ndarray],
+                  max_side: int | None = None) -> ProjectSamples:
+    """Samples from exported ``tasks``; ``load_image(url)`` returns an image array or raises.
+    With ``max_side``, images and masks are downscaled to that long side (px) as they are read, so
+    a large project does not hold its full-resolution images in memory."""
     out = ProjectSamples()
     for task in tasks:
         annotation = latest_annotation(task)
@@ -101,22 +114,24 @@ def build_samples(tasks: Iterable[dict], load_image: Callable[[str], np.ndarray]
             continue
         url = task_image_url(task)
         try:
-            image = as_rgb_uint8(np.asarray(load_image(url)))
+            full = as_rgb_uint8(np.asarray(load_image(url)))
         except Exception:
             out.skipped["image_unavailable"] += 1
             continue
+        image = downscale(full, max_side)
         for region in regions:
             try:
                 mask = decode_region(region)
             except (ValueError, KeyError, TypeError):
                 out.skipped["corrupt_rle"] += 1
                 continue
-            if mask.shape != image.shape[:2]:
+            if mask.shape != full.shape[:2]:
                 out.skipped["size_mismatch"] += 1
             elif not mask.any():
                 out.skipped["empty_mask"] += 1
             else:
-                out.samples.append(Sample(int(task["id"]), image, mask))
+                small = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+                out.samples.append(Sample(int(task["id"]), image, small))
     return out
 
 

@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import httpx
-import numpy as np
 from label_studio_sdk.core.api_error import ApiError
 from rq import get_current_job
 
@@ -70,16 +68,6 @@ def check_writable(directory: Path) -> None:
                             f"nothing was trained and the current version is kept") from exc
 
 
-def shrink(image: np.ndarray, mask: np.ndarray, max_side: int = MAX_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """(image HxWx3, mask HxW) with the long side at most ``max_side`` px (area / nearest)."""
-    scale = max_side / max(image.shape[:2])
-    if scale >= 1:
-        return image, mask
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
-
-
 def current_weights(model_dir: Path, project: str, default: str | None) -> tuple[str | None, Path]:
     """(version name or None for the default, weights path) the project is served with now."""
     manifest = publish.read_manifest(model_dir, project)
@@ -107,7 +95,7 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
         raise TrainingError(f"cannot read project {project}'s annotations from Label Studio at "
                             f"{redact(settings.label_studio_url)} ({detail}); nothing was trained, the current "
                             f"version is kept, and the job can be retried") from exc
-    data = annotations.build_samples(tasks, load_image)
+    data = annotations.build_samples(tasks, load_image, max_side=MAX_SIDE)
     train, held = annotations.split(data.samples)
     report(annotations=data.annotations, skipped=dict(data.skipped), samples_train=len(train),
            samples_holdout=len(held))
@@ -116,8 +104,8 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
                 "skipped": dict(data.skipped),
                 "reason": f"{len(data.samples)} usable masks in {len({s.task for s in data.samples})} tasks: "
                           f"need masks in at least 2 tasks (one held out for evaluation)"}
-    train_pairs = [shrink(s.image, s.mask) for s in train]
-    held_pairs = [shrink(s.image, s.mask) for s in held[:settings.train_eval_samples]]
+    train_pairs = [(s.image, s.mask) for s in train]
+    held_pairs = [(s.image, s.mask) for s in held[:settings.train_eval_samples]]
 
     parent, path = current_weights(model_dir, project, settings.weights)
     net, meta = load_weights(path)

@@ -88,3 +88,12 @@ def test_served_export_has_the_shape_of_a_real_label_studio_1_23_export():
     np.testing.assert_array_equal(annotations.decode_region(recorded["annotations"][0]["result"][0]),
                                   synthetic_object(1)[1])
     assert annotations.task_image_url(recorded).startswith("/data/upload/1/")
+
+
+def test_samples_are_downscaled_as_they_are_read(project_export):
+    state, url, fetcher = project_export
+    data = annotations.build_samples(annotations.fetch_export(url, TOKEN, "7"), fetcher.load, max_side=64)
+    for sample in data.samples:
+        assert sample.image.shape == (48, 64, 3) and sample.mask.shape == (48, 64)
+        assert set(np.unique(sample.mask)) == {0, 255}
+        np.testing.assert_array_equal(sample.mask, synthetic_object(sample.task)[1][::2, ::2])
