@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -272,8 +273,9 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
         if export is not None:
             save_weights(export, trainer.net, meta)
 
-    with open(run_dir / "log.jsonl", "a") as log:
-        while trainer.step < last_step and (deadline is None or time.monotonic() < deadline):
+    stop = _StopRequest()
+    with stop, open(run_dir / "log.jsonl", "a") as log:
+        while trainer.step < last_step and not stop.requested and (deadline is None or time.monotonic() < deadline):
             loss = trainer.run_step()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {trainer.step}")
@@ -286,6 +288,25 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
                 last_save = time.monotonic()
     save()
     return trainer
+
+
+class _StopRequest:
+    """While active, SIGTERM and SIGINT ask the loop to stop after the current step (which then
+    checkpoints) instead of killing it."""
+
+    requested = False
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        print(f"signal {signum}: stopping after this step", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv=None) -> int:

@@ -135,3 +135,32 @@ def test_cli_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
     lines = (run / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert (tmp_path / "model.pt").is_file() and (run / "weights.pt").is_file()
+
+
+def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    env = {**os.environ, "FOCUSCUT_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    code = ("import focuscut_core.train as t; t.DEFAULT_SOURCE_WEIGHTS = {'alpha': 1.0, 'beta': 1.0}; "
+            "import sys; sys.exit(t.main(sys.argv[1:]))")
+    args = [sys.executable, "-c", code, "--run-dir", str(run), "--crop-size", "64", "--batch-size", "2",
+            "--device", "cpu", "--itis-max-iters", "1", "--threads", "1"]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no step"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0
+    step = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    assert step >= 1
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged[-1] == step  # every logged step is in the checkpoint: nothing to redo, nothing lost
+    assert subprocess.run(args + ["--steps", "1"], env=env, capture_output=True).returncode == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == step + 1
