@@ -27,7 +27,6 @@ import os
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from focuscut_core import InferenceConfig
 
 from . import auth, fit_api
 from . import settings as settings_module
@@ -112,7 +111,7 @@ def _unexpected(exc: Exception):
 def create_app() -> Flask:
     """The Flask app; checks the settings (a bad FOCUSCUT_MODE fails here, at worker start)."""
     s = settings_module.get()
-    InferenceConfig(mode=s.mode)
+    settings_module.inference_config(s)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     app = Flask("focuscut_backend")

@@ -10,7 +10,6 @@ import threading
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from focuscut_core import InferenceConfig
 
 from . import session_store
 from . import settings as settings_module
@@ -34,7 +33,7 @@ class _PerProcess:
                 s = settings_module.get()
                 self._segmenter = Segmenter(PredictorCache(s.model_dir, s.weights, s.device),
                                             ImageFetcher.from_settings(s), session_store.from_settings(s),
-                                            InferenceConfig(mode=s.mode))
+                                            settings_module.inference_config(s))
             return self._segmenter
 
     @property

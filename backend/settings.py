@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from focuscut_core import InferenceConfig
+
 
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
@@ -35,6 +37,7 @@ class Settings:
     weights: str | None  # FOCUSCUT_WEIGHTS: default weights file (else the shipped one)
     device: str | None  # FOCUSCUT_DEVICE: "cpu", "cuda", "cuda:1"; unset: CUDA when present
     mode: str  # FOCUSCUT_MODE: global | focus | pfs | fast_pfs
+    max_focus_points: int | None  # FOCUSCUT_MAX_FOCUS_POINTS: re-run only the latest N focus points per click (unset: all, as the paper)
     cache_dir: Path  # FOCUSCUT_CACHE_DIR: downloaded images
     cache_max_mb: float  # FOCUSCUT_CACHE_MAX_MB: size cap of cache_dir
     max_pixels: int  # FOCUSCUT_MAX_PIXELS: larger images are refused (checked from the header)
@@ -57,6 +60,11 @@ class Settings:
     basic_auth_pass: str | None  # BASIC_AUTH_PASS
 
 
+def inference_config(s: Settings, mode: str | None = None) -> InferenceConfig:
+    """The core's inference settings for serving (``mode`` overrides FOCUSCUT_MODE)."""
+    return InferenceConfig(mode=mode or s.mode, max_focus_points=s.max_focus_points)
+
+
 def load() -> Settings:
     """The settings as the environment gives them now (ValueError for an unparsable number)."""
     return Settings(
@@ -67,6 +75,7 @@ def load() -> Settings:
         weights=_str("FOCUSCUT_WEIGHTS"),
         device=_str("FOCUSCUT_DEVICE"),
         mode=_str("FOCUSCUT_MODE", "fast_pfs"),
+        max_focus_points=_int("FOCUSCUT_MAX_FOCUS_POINTS", 0) or None,
         cache_dir=Path(_str("FOCUSCUT_CACHE_DIR", os.path.expanduser("~/.cache/focuscut/images"))),
         cache_max_mb=_float("FOCUSCUT_CACHE_MAX_MB", 1024.0),
         max_pixels=_int("FOCUSCUT_MAX_PIXELS", 50_000_000),

@@ -24,7 +24,7 @@ import httpx
 from label_studio_sdk.core.api_error import ApiError
 from rq import get_current_job
 
-from focuscut_core import InferenceConfig, load_weights, select_device
+from focuscut_core import load_weights, select_device
 from focuscut_core.predictor import Predictor
 from focuscut_core.weights import DEFAULT_WEIGHTS
 
@@ -111,7 +111,7 @@ def fine_tune_project(project: str, settings, load_image, report) -> dict:
     net, meta = load_weights(path)
     parent = parent or str(meta.get("version", path.stem))
     device = select_device(settings.device)
-    config = InferenceConfig(mode=settings.train_eval_mode)
+    config = settings_module.inference_config(settings, settings.train_eval_mode)
     clicks = settings.train_eval_clicks
 
     report(stage="evaluating_before", parent=parent)

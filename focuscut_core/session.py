@@ -249,17 +249,17 @@ class Session:
             size = int.from_bytes(data[:4], "big")
             header = json.loads(data[4:4 + size])
             probs = np.frombuffer(zlib.decompress(data[4 + size:]), np.uint8)
-        except (ValueError, zlib.error, UnicodeDecodeError) as exc:
-            raise ValueError(f"not a session state: {exc}") from exc
-        if header.get("format") != STATE_FORMAT:
-            raise ValueError(f"session state format {header.get('format')} is not {STATE_FORMAT}")
-        session = cls(predictor, image, config or InferenceConfig(**header["config"]))
-        if [session.height, session.width] != header["shape"] or probs.size != session.height * session.width:
-            raise ValueError(f"session state is for a {header['shape']} image, not {session.height}x{session.width}")
-        session.clicks = [Click.from_list(c) for c in header["clicks"]]
-        box = header["zoom_box"]
-        session._now = _Snapshot(probs.reshape(session.height, session.width).copy(),
-                                 tuple(box) if box else None, [tuple(p) for p in header["focus_points"]])
+            if header.get("format") != STATE_FORMAT:
+                raise ValueError(f"session state format {header.get('format')} is not {STATE_FORMAT}")
+            session = cls(predictor, image, config or InferenceConfig(**header["config"]))
+            if [session.height, session.width] != header["shape"] or probs.size != session.height * session.width:
+                raise ValueError(f"session state is for a {header['shape']} image, not {session.height}x{session.width}")
+            session.clicks = [Click.from_list(c) for c in header["clicks"]]
+            box = header["zoom_box"]
+            session._now = _Snapshot(probs.reshape(session.height, session.width).copy(),
+                                     tuple(box) if box else None, [tuple(p) for p in header["focus_points"]])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a usable session state: {exc}") from exc
         return session
 
 

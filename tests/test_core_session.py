@@ -92,6 +92,9 @@ def test_state_for_another_image_is_refused(predictor):
         Session.from_bytes(predictor, image[:20], session.to_bytes())
     with pytest.raises(ValueError):
         Session.from_bytes(predictor, image, b"garbage")
+    header = b'{"format": 1, "shape": [48, 64]}'  # parses, lacks fields
+    with pytest.raises(ValueError):
+        Session.from_bytes(predictor, image, len(header).to_bytes(4, "big") + header + b"x")
 
 
 def test_unknown_mode_is_refused():
