@@ -72,7 +72,7 @@ def predict():
     if model.stats:
         model.stats["pid"] = os.getpid()
         response.headers["X-FocusCut-Stats"] = json.dumps(model.stats)
-        log.info("predict project=%s %s", data.get("project"), model.stats)
+        log.info("predict project=%r %s", data.get("project"), model.stats)  # %r: no forged log lines
     return response
 
 
@@ -91,7 +91,7 @@ def metrics():
 
 
 def _request_error(exc: RequestError):
-    log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+    log.info("%s %r -> %d: %r", request.method, request.path, exc.status, exc.message)
     return jsonify({"error": exc.message}), exc.status
 
 
@@ -104,7 +104,7 @@ def _too_deep(exc: RecursionError):
 
 
 def _unexpected(exc: Exception):
-    log.exception("%s %s failed", request.method, request.path)
+    log.exception("%s %r failed", request.method, request.path)
     return jsonify({"error": f"internal error ({type(exc).__name__}); see the backend log"}), 500
 
 

@@ -209,6 +209,9 @@ def test_secrets_stay_out_of_answers_and_logs(guarded, hosts):
         assert 400 <= resp.status_code < 500 or resp.status_code in (502, 504), (ref, resp.text)
         answers.append(resp.text)
     answers.append(requests.post(g.url + "/setup", json=setup_body(), headers=auth, timeout=60).text)
+    forged = predict_body([task(3, "/data/upload/1/a.png")], clicks_at([(5, 5, True)], 30, 40),
+                          project="1\nFORGED-LOG-LINE secret rotated")  # a newline must not forge a log line
+    assert requests.post(g.url + "/predict", json=forged, headers=auth, timeout=120).status_code == 200
     answers.append(requests.post(g.url + "/predict", json={"tasks": 1}, headers=_basic(USER, "x" + PASSWORD),
                                  timeout=30).text)
     text = "\n".join(answers) + g.log()
@@ -216,6 +219,7 @@ def test_secrets_stay_out_of_answers_and_logs(guarded, hosts):
                    setup_body()["access_token"]):
         assert secret not in text, secret
     assert "/data/upload/1/missing.png answered HTTP 404" in text  # the errors still say what failed
+    assert "FORGED-LOG-LINE" in g.log() and not any(line.startswith("FORGED") for line in g.log().splitlines())
 
 
 # --- Flask/Werkzeug configuration --------------------------------------------------------------
