@@ -1,8 +1,13 @@
 """Running the network on prepared views: input tensors in, probabilities out."""
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
 import threading
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,10 +55,73 @@ class Predictor:
         by_size: dict[tuple, list[int]] = {}
         for i, x in enumerate(inputs):
             by_size.setdefault(x.shape, []).append(i)
-        with self._lock, torch.inference_mode():
+        with self._lock:
             for indices in by_size.values():
-                batch = torch.from_numpy(np.stack([inputs[i] for i in indices])).to(self.device)
-                probs = torch.sigmoid(self.net(batch))[:, 0].float().cpu().numpy()
+                probs = self._probabilities(np.stack([inputs[i] for i in indices]))
                 for i, p in zip(indices, probs):
                     outputs[i] = p
         return outputs
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, 6, h, w)`` float32 -> ``(N, h, w)`` float32 probabilities."""
+        with torch.inference_mode():
+            logits = self.net(torch.from_numpy(batch).to(self.device))
+            return torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+
+
+class OnnxPredictor(Predictor):
+    """The same network run by ONNX Runtime on the CPU (several times faster than eager torch on
+    a few busy cores). The graph is exported once per set of weights and cached on disk under
+    ``cache_dir`` ($FOCUSCUT_ONNX_CACHE, else ~/.cache/focuscut/onnx)."""
+
+    def __init__(self, net: FocusCutNet, version: str = "untrained", cache_dir: str | Path | None = None):
+        super().__init__(net, torch.device("cpu"), version)
+        import onnxruntime
+
+        path = _exported_graph(self.net, Path(cache_dir or os.environ.get("FOCUSCUT_ONNX_CACHE")
+                                              or Path.home() / ".cache" / "focuscut" / "onnx"))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+        logits = self._session.run(None, {"input": np.ascontiguousarray(batch, np.float32)})[0]
+        return (1.0 / (1.0 + np.exp(-logits[:, 0]))).astype(np.float32)
+
+
+def _exported_graph(net: FocusCutNet, cache_dir: Path) -> Path:
+    """The ONNX file of ``net`` (dynamic batch and size), exported unless the cache has it."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = cache_dir / f"focuscut-{digest.hexdigest()[:24]}.onnx"
+    if path.is_file():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), torch.zeros(1, 6, 384, 384), str(tmp), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": dynamic, "logits": dynamic},
+                          opset_version=17, dynamo=False)
+    os.replace(tmp, path)
+    return path
+
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def make_predictor(net: FocusCutNet, device: torch.device, version: str, runtime: str | None = None) -> Predictor:
+    """A Predictor for ``net`` on ``device``: ``runtime`` ($FOCUSCUT_RUNTIME) 'torch', 'onnx', or
+    'auto' (ONNX Runtime on the CPU when installed, torch otherwise)."""
+    runtime = runtime or os.environ.get("FOCUSCUT_RUNTIME") or "auto"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "onnx" and device.type != "cpu":
+        raise ValueError("the onnx runtime runs on the CPU only")
+    if runtime == "auto":
+        runtime = "onnx" if device.type == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
+    return OnnxPredictor(net, version) if runtime == "onnx" else Predictor(net, device, version)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .network import FocusCutNet, NetworkSpec, select_device
-from .predictor import Predictor
+from .predictor import Predictor, make_predictor
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "focuscut_mnv2.pt"
 
@@ -51,8 +51,10 @@ def load_weights(path: str | Path) -> tuple[FocusCutNet, dict]:
     return net, payload.get("meta", {})
 
 
-def load_predictor(path: str | Path | None = None, device: str | None = None) -> Predictor:
-    """A Predictor for the weights at ``path`` ($FOCUSCUT_WEIGHTS, else the shipped default)."""
+def load_predictor(path: str | Path | None = None, device: str | None = None,
+                   runtime: str | None = None) -> Predictor:
+    """A Predictor for the weights at ``path`` ($FOCUSCUT_WEIGHTS, else the shipped default);
+    ``runtime`` as in ``make_predictor`` (ONNX Runtime on the CPU by default)."""
     path = Path(path or os.environ.get("FOCUSCUT_WEIGHTS") or DEFAULT_WEIGHTS)
     net, meta = load_weights(path)
-    return Predictor(net, select_device(device), version=str(meta.get("version", path.stem)))
+    return make_predictor(net, select_device(device), str(meta.get("version", path.stem)), runtime)

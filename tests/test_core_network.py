@@ -92,3 +92,26 @@ def test_device_selection(monkeypatch):
     assert select_device("cpu").type == "cpu"
     monkeypatch.delenv("FOCUSCUT_DEVICE")
     assert select_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_onnx_runtime_gives_the_torch_probabilities(tmp_path):
+    import numpy as np
+
+    from focuscut_core.predictor import OnnxPredictor, Predictor, make_predictor
+
+    torch.manual_seed(0)
+    net = FocusCutNet(NetworkSpec())
+    reference = Predictor(net, torch.device("cpu"), "v")
+    fast = OnnxPredictor(net, "v", cache_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((6, 64, 96)).astype(np.float32) for _ in range(2)]
+    inputs += [rng.standard_normal((6, 48, 48)).astype(np.float32)]
+    for a, b in zip(reference(inputs), fast(inputs)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    OnnxPredictor(net, "v", cache_dir=tmp_path)  # the second one reuses the exported graph
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+    assert isinstance(make_predictor(net, torch.device("cpu"), "v", "torch"), Predictor)
+    with pytest.raises(ValueError):
+        make_predictor(net, torch.device("cpu"), "v", "tensorrt")
