@@ -5,6 +5,7 @@ nothing else escapes, nothing hangs, and good input round-trips exactly.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
@@ -161,3 +162,33 @@ def test_corrupt_rle_is_a_value_error_and_fast(mask, garbage, header, h, w):
         else:
             assert out.shape == (h, w)
         assert time.monotonic() - start < 2.0
+
+
+@pytest.fixture(scope="module")
+def guarded_client(tmp_path_factory):
+    from backend import settings as settings_module
+    from backend.api import create_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BASIC_AUTH_USER", "ü-user")
+        mp.setenv("BASIC_AUTH_PASS", "pä:ss")
+        mp.setenv("FOCUSCUT_MODEL_DIR", str(tmp_path_factory.mktemp("auth")))
+        settings_module.get.cache_clear()
+        yield create_app().test_client()
+    settings_module.get.cache_clear()
+
+
+header_values = st.one_of(
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+    st.binary(max_size=40).map(lambda b: "Basic " + base64.b64encode(b).decode()),
+    st.tuples(st.text(max_size=10), st.text(max_size=10)).map(
+        lambda up: "Basic " + base64.b64encode(f"{up[0]}:{up[1]}".encode("utf-8", "surrogatepass")).decode()))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header_values)
+def test_any_authorization_header_is_401_or_the_right_credentials(guarded_client, value):
+    resp = guarded_client.get("/metrics", headers={"Authorization": value})
+    assert resp.status_code == 401 and resp.get_json()["error"]
+    good = "Basic " + base64.b64encode("ü-user:pä:ss".encode()).decode()
+    assert guarded_client.get("/metrics", headers={"Authorization": good}).status_code == 200
