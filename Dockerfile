@@ -24,7 +24,7 @@ RUN pip install --no-deps . && chmod -R a+rX /opt/venv
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PORT=9090 \
-    FOCUSCUT_MODEL_DIR=/data/models FOCUSCUT_CACHE_DIR=/data/cache
+    FOCUSCUT_MODEL_DIR=/data/models FOCUSCUT_CACHE_DIR=/data/cache FOCUSCUT_ONNX_CACHE=/data/cache/onnx
 RUN useradd --create-home --uid 10001 focuscut \
  && mkdir -p /data/models /data/cache && chown -R focuscut:focuscut /data
 COPY --from=build /opt/venv /opt/venv

@@ -179,7 +179,7 @@ def test_image_runs_as_a_user_exposes_the_port_and_checks_health():
     assert "/health" in healthcheck and "PORT" in healthcheck
     assert yaml.safe_load(instructions("CMD")[-1]) == ["web"]
     # the image's model and cache directories are the ones compose mounts volumes on
-    for var in ("FOCUSCUT_MODEL_DIR", "FOCUSCUT_CACHE_DIR"):
+    for var in ("FOCUSCUT_MODEL_DIR", "FOCUSCUT_CACHE_DIR", "FOCUSCUT_ONNX_CACHE"):
         in_image = re.search(rf"\b{var}=(\S+)", env).group(1)
         assert compose()["x-backend"]["environment"][var] == in_image
 
@@ -208,8 +208,10 @@ def test_compose_services_volumes_and_ports():
     assert mounts["/data"] in doc["volumes"]  # redis
     assert mounts["/label-studio/data"] in doc["volumes"]
     env = doc["x-backend"]["environment"]
-    for var in ("FOCUSCUT_MODEL_DIR", "FOCUSCUT_CACHE_DIR"):
-        assert mounts[env[var]] in doc["volumes"], f"{var} is not on a volume"
+    backend_mounts = {v.split(":")[1]: v.split(":")[0] for v in doc["x-backend"]["volumes"]}
+    for var in ("FOCUSCUT_MODEL_DIR", "FOCUSCUT_CACHE_DIR", "FOCUSCUT_ONNX_CACHE"):
+        on = max((t for t in backend_mounts if Path(env[var]).is_relative_to(t)), key=len, default=None)
+        assert on and backend_mounts[on] in doc["volumes"], f"{var} is not on a volume"
     (port_map,) = services["backend"]["ports"]
     assert interpolate(port_map, {}).endswith(":9090")
     # workers scale: no fixed name, no host port
