@@ -24,6 +24,7 @@ from rq.job import Job
 
 from . import fit_queue, publish
 from . import settings as settings_module
+from .registry import project_id
 
 blueprint = Blueprint("focuscut_fit", __name__)
 
@@ -44,16 +45,6 @@ def redis_or_503():
         return None, error("REDIS_URL is not set on the backend: training (fit) is disabled; "
                            "predictions work without it", 503)
     return _connection(url), None
-
-
-def project_id(value) -> str | None:
-    """The numeric project id from a webhook/setup value: 7, "7", "7.1700000000" or {"id": 7}."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool) or value is None:
-        return None
-    text = str(value).split(".", 1)[0].strip()
-    return text if text.isascii() and text.isdigit() else None
 
 
 def annotation_count(data: dict) -> int:

@@ -31,7 +31,7 @@ def project_id(project) -> str | None:
     if project is None or isinstance(project, bool):
         return None
     text = str(project).strip().split(".", 1)[0]
-    return text if text.isdigit() else None
+    return text if text.isascii() and text.isdigit() else None
 
 
 def manifest_path(model_dir: Path, project: str) -> Path:
