@@ -2,15 +2,15 @@
 
 Redis keys (all under ``focuscut:``):
 
-- ``new:<project>``    annotations created/updated since the last successful training (int)
+- ``new:<project>``    annotations created/updated since the last completed job (int)
 - ``pending:<project>`` id of the project's queued or running job, if any
 - ``jobs:<project>``   the project's recent job ids, newest first (at most ``JOB_HISTORY``)
 - ``projects``         every project that ever sent an event (set; the scheduler walks it)
 
 A burst of events coalesces: while ``pending`` names a job that is queued, scheduled or running,
 no other job is created and the event answers with that job's id (its count still goes into
-``new``; a job that succeeds subtracts only the count it saw at its start, and queues a follow-up
-when enough new annotations came in meanwhile). Check-and-enqueue runs under a short Redis lock,
+``new``; a job that completes subtracts only the count it saw at its start, and queues a follow-up
+when enough new annotations came in meanwhile; a failed job subtracts nothing). Check-and-enqueue runs under a short Redis lock,
 so concurrent webhooks of one project cannot create two jobs.
 
 Redis unreachable: ``RedisUnavailable``; the event's count is kept in this process and added on
@@ -126,9 +126,10 @@ def request_training(conn: redis.Redis, project: str, trigger: str, settings, co
     except redis.RedisError as exc:
         if not counted:
             UNSENT.add(project, count)
+        kept = ("the event was counted in this process and will be added when Redis returns" if count
+                else "send it again when Redis is back")
         raise RedisUnavailable(f"Redis is unreachable ({type(exc).__name__}): training cannot be queued "
-                               f"now; the event was counted in this process and will be added when "
-                               f"Redis returns") from exc
+                               f"now; {kept}") from exc
     return {"project": project, "status": status, "job_id": job.id if job else None,
             "new_annotations": new, "min_annotations": settings.train_min_annotations}
 
