@@ -276,8 +276,10 @@ def test_hostile_corpus_gets_exact_4xx_and_no_restart(served):
             error = resp.json()["error"]
             assert isinstance(error, str) and error and "Traceback" not in resp.text, case.name
             assert len(resp.content) < 4000, (case.name, len(resp.content))  # no echo of huge input
-        if resp.status_code >= 500:
+        if resp.status_code >= 500:  # says which image and what went wrong, in bounded time
             assert case.upstream and took < 4 * FETCH_TIMEOUT, (case.name, took)
+            assert "/data/upload/1/" in resp.json()["error"], resp.text
+            assert any(w in resp.json()["error"] for w in ("timed out", "took over", "HTTP 500")), resp.text
     assert not wrong, wrong
     # HTTP-level abuse, written on a socket: lying and unparsable lengths, a chunked body over the cap
     head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
