@@ -36,6 +36,32 @@ def test_robot_run_and_summary_bookkeeping():
     assert summary["miou_per_click"][:2] == [0.0, 0.5]
 
 
+class Improving:
+    """Half the object at click 1, then the object less its bottom 3 rows (IoU >= 0.9, never 1)."""
+
+    def __init__(self, gt):
+        self.gt, self.n = gt, 0
+
+    def add_click(self, click):
+        self.n += 1
+        mask = (self.gt == 255).copy()
+        rows = np.flatnonzero(mask.any(axis=1))
+        if self.n == 1:
+            mask[: (rows[0] + rows[-1]) // 2] = False
+        else:
+            mask[rows[-1] - 2:] = False
+        return mask
+
+
+def test_stop_iou_stops_clicking_without_changing_noc():
+    image, gt = blob_image()
+    full = robot_run(lambda im: Improving(gt), image, gt, max_clicks=6)
+    stopped = robot_run(lambda im: Improving(gt), image, gt, max_clicks=6, stop_iou=0.9)
+    assert len(full["clicks"]) == 6 and len(stopped["clicks"]) == 2
+    assert stopped["iou"] == full["iou"] and 0.9 <= full["iou"][1] < 1
+    assert summarise([stopped], 6)["noc90"] == summarise([full], 6)["noc90"] == 2
+
+
 def test_grabcut_peer_segments_a_clear_blob():
     image, gt = blob_image(60, 80)
     from focuscut_core.clicks import Click
