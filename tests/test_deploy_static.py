@@ -348,7 +348,7 @@ def test_scripts_serve_uses_the_redis_that_answers_and_stops_everything_on_ctrl_
             assert r.status == 200
         text = ctrl_c(serve, log)
     assert "starting redis-server" not in text  # one answered at REDIS_URL
-    assert re.findall(r"stopping (\w+)", text) == ["web", "scheduler", "worker"], text
+    assert re.findall(r"^\[serve\] stopping (\w+)$", text, re.M) == ["web", "scheduler", "worker"], text
     assert not Worker.all(connection=conn), text
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
