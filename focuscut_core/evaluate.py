@@ -90,7 +90,8 @@ def methods_for(predictor: Predictor | None, modes, peers) -> dict:
 
 
 def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pfs",), peers=("grabcut",),
-                     max_clicks: int = 20, limit: int | None = None, log=sys.stderr) -> dict:
+                     max_clicks: int = 20, limit: int | None = None, log=sys.stderr,
+                     stop_iou: float | None = None) -> dict:
     """Every method on every image of ``dataset`` (the shared layout), in one run."""
     samples = list_samples(dataset)[:limit]
     methods = methods_for(predictor, modes, peers)
@@ -98,14 +99,14 @@ def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pf
     for i, sample in enumerate(samples, 1):
         image, gt = load_sample(sample)
         for name, start in methods.items():
-            records[name].append(robot_run(start, image, gt, max_clicks) | {"image": sample.name})
+            records[name].append(robot_run(start, image, gt, max_clicks, stop_iou) | {"image": sample.name})
         if log:
             log.write(f"\r{i}/{len(samples)} images")
             log.flush()
     if log:
         log.write("\n")
     return {
-        "dataset": str(dataset), "max_clicks": max_clicks,
+        "dataset": str(dataset), "max_clicks": max_clicks, "stop_iou": stop_iou,
         "weights": getattr(predictor, "version", None),
         "methods": {name: summarise(recs, max_clicks) for name, recs in records.items()},
         "per_image": {name: [{"image": r["image"], "iou": [round(v, 4) for v in r["iou"]]} for r in recs]
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default="grabcut", help="comma-separated peers (grabcut) or ''")
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--limit", type=int, help="only the first N objects")
+    parser.add_argument("--stop-iou", type=float, help="the robot stops once a mask reaches this IoU "
+                        "(NoC/NoF at lower thresholds are unchanged; curves hold their last value)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"))
@@ -173,7 +176,8 @@ def main(argv=None) -> int:
 
     predictor = load_predictor(args.weights, args.device) if modes else None
     peers = [p for p in args.peers.split(",") if p]
-    report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit)
+    report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit,
+                              stop_iou=args.stop_iou)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     plot = args.plot or args.out.with_suffix(".png")
