@@ -265,10 +265,15 @@ def container_env(redis_url, tmp_path):
     })
 
 
-def test_worker_and_scheduler_command_lines_from_compose_run_a_scheduled_job(container_env, redis_url):
+def test_worker_and_scheduler_command_lines_from_compose_run_a_scheduled_job(container_env):
     """The scheduler's first round queues a job for a project with enough new annotations and
     the worker runs it, as far as fetching the export (no Label Studio answers: the job fails)."""
-    conn = redis.Redis.from_url(redis_url)
+    with redis_server() as own_redis:  # its own: the failed job leaves the project's counters behind
+        run_scheduled_job({**container_env, "REDIS_URL": own_redis})
+
+
+def run_scheduled_job(container_env: dict) -> None:
+    conn = redis.Redis.from_url(container_env["REDIS_URL"])
     project = "7"
     conn.sadd(fit_queue.key("projects"), project)
     conn.set(fit_queue.key("new", project), int(container_env["FOCUSCUT_TRAIN_MIN_ANNOTATIONS"]))
@@ -318,8 +323,10 @@ def serving(redis_url: str, tmp_path: Path):
            "FOCUSCUT_VENV": str(Path(sys.executable).parent.parent), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
+        # as from a terminal: SIGINT handled even when this test runs with it ignored (a background job)
         serve = subprocess.Popen([str(ROOT / "scripts" / "serve")], cwd=ROOT, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: serve.poll() is None and f"http://localhost:{port}" in log.read_text(), 300,
                  "scripts/serve")
