@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from focuscut_core import Click, next_robot_click  # noqa: E402
 from image_server import image_server, png_bytes  # noqa: E402
-from ls_payloads import CONFIG, keypoint, predict_body, task  # noqa: E402
+from ls_payloads import keypoint, predict_body, task  # noqa: E402
 from services import gunicorn_server, redis_server  # noqa: E402
 from label_studio_sdk.converter.brush import decode_rle  # noqa: E402
 

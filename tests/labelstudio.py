@@ -19,7 +19,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from services import free_port
+from services import free_port, stop_process_group
 
 VERSION = "1.23.2"
 VENV = Path(os.environ.get("FOCUSCUT_LS_VENV", Path.home() / ".cache" / "focuscut-ls-venv"))
@@ -118,11 +117,5 @@ def label_studio_server(local_files_root: Path | None = None, env: dict | None =
             time.sleep(1.0)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc, 20)
         shutil.rmtree(data_dir, ignore_errors=True)

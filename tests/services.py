@@ -36,6 +36,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise TimeoutError(f"{what} did not come up within {timeout:.0f} s")
 
 
+def stop_process_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the process group that ``proc`` leads (started with start_new_session=True),
+    SIGKILL it after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -102,13 +115,7 @@ def gunicorn_server(env: dict | None = None, workers: int = 1, threads: int = 2,
         wait_for(healthy, timeout, "gunicorn")
         yield Gunicorn(proc, url, log_path)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc, 15)
 
 
 class Launched:
@@ -139,10 +146,4 @@ def launched(*args: str, env: dict | None = None):
     try:
         yield Launched(proc, log_path)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc, 30)

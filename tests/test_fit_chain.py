@@ -7,7 +7,7 @@ import requests
 import torch
 
 from backend import fit_queue
-from fit_services import TOKEN, labelstudio_project, rq_worker, worker_env
+from fit_services import labelstudio_project, rq_worker, worker_env
 from focuscut_core import load_weights, save_weights
 from focuscut_core.weights import DEFAULT_WEIGHTS
 from ls_payloads import clicks_at, predict_body, setup_body, task

@@ -1,7 +1,6 @@
 """Queueing fits on a real Redis: counters, coalescing, START_TRAINING, Redis down, the webhook
 route and the scheduler. No worker runs here, so queued jobs stay queued."""
 import itertools
-import json
 import os
 import subprocess
 import sys

@@ -12,7 +12,7 @@ from rq.job import Job, JobStatus
 from backend import fit_queue, publish
 from backend import settings as settings_module
 from fit_services import labelstudio_project, rq_worker, wait_until, worker_env
-from focuscut_core import load_weights, save_weights
+from focuscut_core import load_weights
 from focuscut_core.weights import DEFAULT_WEIGHTS
 from ls_export_server import brush_result, make_task, synthetic_object
 from services import redis_server
@@ -143,7 +143,7 @@ def test_whole_worker_killed_job_is_recovered_by_the_next_worker(redis_url, mode
         assert (model_dir / "7/manifest.json").read_bytes() == before
         # until then a new event coalesces into it (it is not lost: it will be retried)
         assert enqueue(redis_url, model_dir)[1]["job_id"] == job.id
-        with rq_worker(env, "--worker-ttl", "20", "--maintenance-interval", "5") as second:
+        with rq_worker(env, "--worker-ttl", "20", "--maintenance-interval", "5"):
             wait_until(lambda: job.get_status() == JobStatus.FINISHED, 420, "retried job finished")
     status = fit_queue.job_status(job)
     assert status["retries_left"] == 0, status  # it ran again as rq's retry of an abandoned job
