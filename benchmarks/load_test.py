@@ -42,7 +42,6 @@ from procs import children, rss_mb  # noqa: E402
 from services import free_port, launched, redis_server, wait_for  # noqa: E402
 
 PREDICT_TIMEOUT = 100.0  # Label Studio's ML_TIMEOUT_PREDICT
-WARMUP_S = 20.0  # RSS samples before this are model loading and allocator warm-up
 
 
 def click_plan(height: int, width: int, n: int, rng: random.Random) -> list[tuple[int, int, bool]]:
@@ -104,20 +103,38 @@ def sample_rss(master: int, stop: threading.Event, samples: list, t0: float, see
 
 
 def memory_summary(samples: list) -> dict:
-    """Per worker: RSS after warm-up, growth between first and last quarter, slope (MiB/min)."""
+    """Per worker, after its warm-up (which ends at the first sample from which its RSS stays
+    within 5 % of its final level: a worker loads the network and its runtime's buffers at its
+    first requests, which may come late): RSS then and at the end, the growth between the first
+    and last quarter of that window, and a least-squares slope (MiB per minute)."""
     out = {}
     for pid in sorted({p for _, p, _ in samples}):
-        points = np.array([(t, mb) for t, p, mb in samples if p == pid and t >= WARMUP_S])
+        points = np.array([(t, mb) for t, p, mb in samples if p == pid])
         if len(points) < 8:
             continue
-        t, mb = points[:, 0], points[:, 1]
+        final = float(np.median(points[-max(2, len(points) // 4):, 1]))
+        settled = points[:, 1] >= 0.95 * final
+        first = len(settled) - int(np.argmin(settled[::-1])) if not settled.all() else 0
+        t, mb = points[first:, 0], points[first:, 1]
+        if len(t) < 8:
+            out[str(pid)] = {"warmup_end_s": round(float(points[first - 1, 0]), 1), "note": "warm-up until the end"}
+            continue
         span = t[-1] - t[0]
-        first, last = mb[t <= t[0] + span / 4], mb[t >= t[-1] - span / 4]
-        slope = float(np.polyfit(t / 60.0, mb, 1)[0])
-        out[str(pid)] = {"rss_start_mb": round(float(np.median(first)), 1), "rss_end_mb": round(float(np.median(last)), 1),
-                         "growth_mb": round(float(np.median(last) - np.median(first)), 1),
-                         "slope_mb_per_min": round(slope, 2), "rss_max_mb": round(float(mb.max()), 1)}
+        early, late = mb[t <= t[0] + span / 4], mb[t >= t[-1] - span / 4]
+        out[str(pid)] = {"warmup_end_s": round(float(t[0]), 1), "window_s": round(float(span), 1),
+                         "rss_start_mb": round(float(np.median(early)), 1), "rss_end_mb": round(float(np.median(late)), 1),
+                         "growth_mb": round(float(np.median(late) - np.median(early)), 1),
+                         "slope_mb_per_min": round(float(np.polyfit(t / 60.0, mb, 1)[0]), 2),
+                         "rss_max_mb": round(float(mb.max()), 1)}
     return out
+
+
+def print_memory(memory: dict) -> None:
+    print(f"\n{'worker':>8} {'warm by s':>9} {'window s':>8} {'RSS start MiB':>14} {'RSS end MiB':>12} "
+          f"{'growth MiB':>11} {'slope MiB/min':>14}")
+    for pid, m in memory.items():
+        print(f"{pid:>8} {m['warmup_end_s']:>9} {m.get('window_s', '-')!s:>8} {m.get('rss_start_mb', '-')!s:>14} "
+              f"{m.get('rss_end_mb', '-')!s:>12} {m.get('growth_mb', '-')!s:>11} {m.get('slope_mb_per_min', '-')!s:>14}")
 
 
 def main(argv=None) -> int:
@@ -132,7 +149,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="480x640", help="HxW of the task images")
     parser.add_argument("--mode", default=os.environ.get("FOCUSCUT_MODE", "fast_pfs"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
+    parser.add_argument("--summarise", type=Path, help="only recompute and print the memory summary of a result file")
     args = parser.parse_args(argv)
+    if args.summarise:
+        result = json.loads(args.summarise.read_text())
+        result["memory"] = memory_summary(result["samples"])
+        print_memory(result["memory"])
+        args.summarise.write_text(json.dumps(result, indent=1))
+        return 0
     args.height, args.width = (int(v) for v in args.size.split("x"))
 
     files = {f"/data/upload/1/img{i}.png": png_bytes(sample_image(args.height, args.width, seed=i))
@@ -188,9 +212,7 @@ def main(argv=None) -> int:
     print(f"{'requests':>9} {'ok':>5} {'errors':>6} {'clicks/s':>8} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'restarts':>8}")
     print(f"{summary['requests']:>9} {summary['ok']:>5} {summary['errors']:>6} {summary['clicks_per_s']:>8} "
           f"{summary['p50_s']!s:>7} {summary['p95_s']!s:>7} {summary['max_s']!s:>7} {summary['worker_restarts']:>8}")
-    print(f"\n{'worker':>8} {'RSS start MiB':>14} {'RSS end MiB':>12} {'growth MiB':>11} {'slope MiB/min':>14}")
-    for pid, m in memory.items():
-        print(f"{pid:>8} {m['rss_start_mb']:>14} {m['rss_end_mb']:>12} {m['growth_mb']:>11} {m['slope_mb_per_min']:>14}")
+    print_memory(memory)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**summary, "samples": samples, "records": records}, indent=1))
     print(f"\nwrote {args.out}")
