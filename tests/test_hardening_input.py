@@ -230,7 +230,7 @@ def raw_status(answer: bytes) -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, redis_url):
+def served(tmp_path_factory, redis_server_url):
     tmp = tmp_path_factory.mktemp("corpus")
     jpeg = _jpeg(IMAGE)
     with hostile_host({"/secret": Body(b"internal")}, "127.0.0.2") as internal, hostile_host({
@@ -244,7 +244,7 @@ def served(tmp_path_factory, redis_url):
         "/data/upload/1/cut.jpg": Body(jpeg[: len(jpeg) // 2], "image/jpeg"),
         "/data/upload/1/bomb.png": Body(png_header_only(20_000, 20_000)),
     }) as ls:
-        env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": TOKEN, "REDIS_URL": redis_url,
+        env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": TOKEN, "REDIS_URL": redis_server_url,
                "FOCUSCUT_CACHE_DIR": str(tmp / "images"), "FOCUSCUT_MODEL_DIR": str(tmp / "models"),
                "FOCUSCUT_MAX_PIXELS": "1000000", "FOCUSCUT_FETCH_TIMEOUT": str(FETCH_TIMEOUT),
                "FOCUSCUT_MAX_BODY_MB": "1", "OMP_NUM_THREADS": "1", "FOCUSCUT_WEIGHTS": ""}
