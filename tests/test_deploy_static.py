@@ -372,7 +372,7 @@ def test_scripts_serve_starts_a_persistent_redis_when_none_answers(tmp_path):
             conn.set("focuscut:test:kept", "yes")
             text = ctrl_c(serve, log)
         assert f"starting redis-server on port {redis_port}" in text
-        assert re.findall(r"stopping (\w+)", text) == ["web", "scheduler", "worker", "redis"], text
+        assert re.findall(r"^\[serve\] stopping (\w+)$", text, re.M) == ["web", "scheduler", "worker", "redis"], text
         with pytest.raises(redis.ConnectionError):
             redis.Redis.from_url(url, socket_connect_timeout=1).ping()
         assert (data_dir / "appendonlydir").is_dir()
