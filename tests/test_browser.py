@@ -46,20 +46,30 @@ def region_mask(region: dict) -> np.ndarray:
     return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
 
 
+def depth(where: np.ndarray) -> np.ndarray:
+    """HxW float: each pixel's distance (px) to the nearest pixel outside ``where``."""
+    return cv2.distanceTransform(np.pad(where, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+
+
 def deepest(where: np.ndarray) -> tuple[int, int]:
     """(row, col) of the pixel of ``where`` farthest from its boundary."""
-    dist = cv2.distanceTransform(np.pad(where, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    r, c = np.unravel_index(int(np.argmax(depth(where))), where.shape)
     return int(r), int(c)
 
 
-def negative_target(mask: np.ndarray, obj: np.ndarray, background: np.ndarray, visible: np.ndarray):
-    """Where an annotator would Alt+click: the core of what ``mask`` wrongly covers (background,
-    then the uncertain band), else of the mask itself."""
-    for where in (mask & background, mask & ~obj, mask):
-        if (where & visible).any():
-            return deepest(where & visible)
-    raise AssertionError("the mask covers no visible pixel")
+def negative_target(mask: np.ndarray, pos: tuple[int, int], background: np.ndarray, visible: np.ndarray):
+    """Where an annotator would Alt+click: the core of a real blob (over 5 px deep) that ``mask``
+    wrongly covers; else the part of the mask farthest from the positive click, 5 px inside it
+    ("not this part")."""
+    wrong = mask & background & visible
+    if wrong.any() and depth(wrong).max() > 5:
+        return deepest(wrong)
+    inner = depth(mask & visible) > 5
+    assert inner.any(), "the mask has no visible part to click away"
+    rows, cols = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    far = np.where(inner, (rows - pos[0]) ** 2 + (cols - pos[1]) ** 2, -1)
+    r, c = np.unravel_index(int(np.argmax(far)), far.shape)
+    return int(r), int(c)
 
 
 class Canvas:
@@ -175,7 +185,7 @@ def test_annotator_clicks_an_object_to_a_mask_and_submits_it(redis_url, tmp_path
                     shot(page, "03-positive-click")
                     assert first[pos], "the clicked pixel is not in the mask"
 
-                    neg = negative_target(first, obj, background, visible)
+                    neg = negative_target(first, pos, background, visible)
                     pick_label(page, "keypoint")
                     sent, second = click_and_read_mask(page, *canvas.point(*neg), alt=True)
                     assert [p["is_positive"] for p in sent] == [True, False], sent
