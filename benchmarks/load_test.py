@@ -185,7 +185,6 @@ def main(argv=None) -> int:
             wall = time.monotonic() - t0
             stop.set()
             sampler.join(5)
-            workers_after = children(master)
             tracebacks = web.log().count("Traceback")
     shutil.rmtree(work, ignore_errors=True)
 

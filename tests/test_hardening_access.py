@@ -62,7 +62,7 @@ def test_label_studio_data_paths_load_and_carry_the_token(hosts):
     ls, internal, _ = hosts
     f = fetcher(ls)
     np.testing.assert_array_equal(f.load("/data/upload/1/a.png"), IMAGE)
-    np.testing.assert_array_equal(f.load(f"/data/upload/1/hop0.png"), IMAGE)  # MAX_REDIRECTS hops: fine
+    np.testing.assert_array_equal(f.load("/data/upload/1/hop0.png"), IMAGE)  # MAX_REDIRECTS hops: fine
     assert all(h.get("Authorization") == f"Token {TOKEN}" for _, h in ls.hits)
 
 
