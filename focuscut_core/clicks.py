@@ -68,6 +68,11 @@ def click_maps(clicks, height: int, width: int, scale_y: float = 1.0, scale_x: f
     return maps
 
 
+def click_reach(sigma: float = CLICK_SIGMA) -> float:
+    """Distance (map px) beyond which a click adds exactly 0 to a float32 click map."""
+    return sigma * math.sqrt(104.0 / (4.0 * math.log(2.0)))
+
+
 def next_robot_click(pred: np.ndarray, gt: np.ndarray, clicked: np.ndarray | None = None) -> Click | None:
     """The robot user's next click, or None when the prediction has no error.
 

@@ -6,6 +6,10 @@ a focus point and at which range; then every focus point is re-run on square cro
 full-resolution image (one crop; standard PFS; or fast PFS), and the crops' probabilities
 replace the global ones inside them, averaged where crops overlap.
 
+A focus point's result depends only on the image, the global mask inside its crop and the clicks
+that reach the crop; when none of these changed since it last ran, its stored result is reused
+instead of re-running the network (``focus_reuse_tolerance`` may allow a few changed mask pixels).
+
 All coordinates are full-resolution image pixels (row, col). The current prediction is kept as
 uint8 probabilities (p * 255), so a saved and restored state continues exactly.
 """
@@ -17,13 +21,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .clicks import Click, validate_clicks
+from .clicks import Click, click_reach, validate_clicks
 from .focus import fast_pfs_radii, focus_decision, progressive_radius
 from .predictor import Predictor, view_input
 from .views import PAD_RGB, Box, as_rgb_uint8, crop_square, resize, short_side_size, square_overlap, zoom_in_box
 
 MODES = ("global", "focus", "pfs", "fast_pfs")
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,21 @@ class InferenceConfig:
     pfs_min_ratio: float = 0.2  # PFS ranges never below this fraction of the first range
     fast_shrink: float = 0.8  # fast PFS: each round's range is this times the previous
     max_focus_points: int | None = None  # re-run only the latest N focus points (None: all)
+    focus_reuse_tolerance: float = 0.0  # reuse a focus result if at most this share of its crop's
+    # global mask changed (and no click reaching the crop did); 0: only on identical inputs
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+
+@dataclass
+class _FocusResult:
+    """What a focus point (row, col, radius) gave, and the inputs it gave it for."""
+
+    prev: np.ndarray  # (2r+1)-square bool: the global mask around the point
+    clicks: tuple  # the clicks that reach the crop, as (y, x, is_positive)
+    patch: np.ndarray  # (2r+1)-square uint8: probability * 255 pasted around the point
 
 
 @dataclass
@@ -70,6 +85,8 @@ class Session:
         self._now = _Snapshot(np.zeros((self.height, self.width), np.uint8), None)
         self._history: list[_Snapshot] = []
         self._view_cache: tuple[Box, tuple[int, int], np.ndarray] | None = None
+        self._focus_results: dict[tuple[int, int, int], _FocusResult] = {}
+        self.focus_runs = (0, 0)  # the last click's (focus points, of which re-run)
 
     # --- what the user sees -------------------------------------------------------------
     @property
@@ -151,23 +168,45 @@ class Session:
         """Global probabilities with every focus point's patch pasted in (overlaps averaged)."""
         if self.config.max_focus_points is not None:
             points = points[len(points) - self.config.max_focus_points:] if self.config.max_focus_points else []
+        global_mask = global_probs >= 0.5
+        inputs = {p: (crop_square(global_mask, *p, False), self._clicks_reaching(p)) for p in points}
+        stale = [p for p in dict.fromkeys(points) if not self._reusable(p, *inputs[p])]
+        if stale:
+            if self.config.mode == "fast_pfs":
+                patches = self._fast_pfs(global_probs, stale)
+            else:
+                rounds = self.config.pfs_rounds if self.config.mode == "pfs" else 1
+                patches = self._progressive(global_probs, stale, rounds)
+            for p, patch in zip(stale, patches):
+                self._focus_results[p] = _FocusResult(*inputs[p], _quantise(patch))
+        self._focus_results = {p: self._focus_results[p] for p in points}
+        self.focus_runs = (len(points), len(stale))
         if not points:
             return global_probs
-        if self.config.mode == "fast_pfs":
-            patches = self._fast_pfs(global_probs, points)
-        else:
-            rounds = self.config.pfs_rounds if self.config.mode == "pfs" else 1
-            patches = self._progressive(global_probs, points, rounds)
         total = np.zeros_like(global_probs)
         count = np.zeros(global_probs.shape, np.uint16)
-        for (row, col, radius), patch in zip(points, patches):
+        for row, col, radius in points:
             src, dst = square_overlap(global_probs.shape, row, col, radius)
-            total[src] += patch[dst]
+            total[src] += self._focus_results[row, col, radius].patch[dst] / np.float32(255.0)
             count[src] += 1
         out = global_probs.copy()
         covered = count > 0
         out[covered] = total[covered] / count[covered]
         return out
+
+    def _clicks_reaching(self, point: tuple[int, int, int]) -> tuple:
+        """The clicks whose Gaussians reach the point's largest crop (all its PFS rounds' crops)."""
+        row, col, radius = point
+        side = 2 * radius + 1
+        reach = radius + 1 + click_reach() * side / self.config.focus_size  # image px from the centre
+        return tuple((c.y, c.x, c.is_positive) for c in self.clicks
+                     if max(abs(c.y - row - 0.5), abs(c.x - col - 0.5)) <= reach)
+
+    def _reusable(self, point: tuple[int, int, int], prev: np.ndarray, clicks: tuple) -> bool:
+        old = self._focus_results.get(point)
+        if old is None or old.clicks != clicks:
+            return False
+        return np.count_nonzero(old.prev != prev) <= self.config.focus_reuse_tolerance * prev.size
 
     def _crop_inputs(self, global_mask: np.ndarray, crops) -> list[np.ndarray]:
         """Network inputs for square crops [(row, col, radius, prev_mask_patch or None)]."""
@@ -229,17 +268,23 @@ class Session:
 
     # --- state --------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The session's state (not the image, not the undo history) as bytes."""
+        """The session's state (not the image, not the undo history) as bytes: a JSON header, then
+        one zlib stream of the probabilities and each stored focus result's mask and patch."""
+        results = list(self._focus_results.items())
         header = {
             "format": STATE_FORMAT,
             "shape": [self.height, self.width],
             "clicks": [c.to_list() for c in self.clicks],
             "zoom_box": self._now.zoom_box,
             "focus_points": self._now.focus_points,
+            "focus_results": [[list(p), [list(c) for c in r.clicks]] for p, r in results],
             "config": asdict(self.config),
         }
         head = json.dumps(header).encode()
-        return len(head).to_bytes(4, "big") + head + zlib.compress(self._now.probs.tobytes(), 1)
+        arrays = [self._now.probs.tobytes()]
+        for _, r in results:
+            arrays += [np.packbits(r.prev).tobytes(), r.patch.tobytes()]
+        return len(head).to_bytes(4, "big") + head + zlib.compress(b"".join(arrays), 1)
 
     @classmethod
     def from_bytes(cls, predictor: Predictor, image: np.ndarray, data: bytes,
@@ -248,16 +293,24 @@ class Session:
         try:
             size = int.from_bytes(data[:4], "big")
             header = json.loads(data[4:4 + size])
-            probs = np.frombuffer(zlib.decompress(data[4 + size:]), np.uint8)
+            blob = memoryview(zlib.decompress(data[4 + size:]))
             if header.get("format") != STATE_FORMAT:
                 raise ValueError(f"session state format {header.get('format')} is not {STATE_FORMAT}")
             session = cls(predictor, image, config or InferenceConfig(**header["config"]))
-            if [session.height, session.width] != header["shape"] or probs.size != session.height * session.width:
+            if [session.height, session.width] != header["shape"]:
                 raise ValueError(f"session state is for a {header['shape']} image, not {session.height}x{session.width}")
+            reader = _Reader(blob)
+            probs = reader.take(session.height * session.width).reshape(session.height, session.width)
+            for point, clicks in header["focus_results"]:
+                side = 2 * int(point[2]) + 1
+                prev = np.unpackbits(reader.take((side * side + 7) // 8), count=side * side).astype(bool)
+                session._focus_results[tuple(point)] = _FocusResult(
+                    prev.reshape(side, side), tuple(tuple(c) for c in clicks), reader.take(side * side).reshape(side, side))
+            if reader.left:
+                raise ValueError(f"{reader.left} bytes too many")
             session.clicks = [Click.from_list(c) for c in header["clicks"]]
             box = header["zoom_box"]
-            session._now = _Snapshot(probs.reshape(session.height, session.width).copy(),
-                                     tuple(box) if box else None, [tuple(p) for p in header["focus_points"]])
+            session._now = _Snapshot(probs, tuple(box) if box else None, [tuple(p) for p in header["focus_points"]])
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error, UnicodeDecodeError) as exc:
             raise ValueError(f"not a usable session state: {exc}") from exc
         return session
@@ -270,6 +323,24 @@ def replay(predictor: Predictor, image: np.ndarray, clicks, config: InferenceCon
     for c in clicks:
         session.add_click(c)
     return session
+
+
+class _Reader:
+    """Consecutive uint8 arrays out of one buffer; ValueError when it runs short."""
+
+    def __init__(self, blob: memoryview):
+        self.blob, self.at = blob, 0
+
+    def take(self, n: int) -> np.ndarray:
+        if self.at + n > len(self.blob):
+            raise ValueError("session state is truncated")
+        out = np.frombuffer(self.blob[self.at:self.at + n], np.uint8).copy()
+        self.at += n
+        return out
+
+    @property
+    def left(self) -> int:
+        return len(self.blob) - self.at
 
 
 def _quantise(probs: np.ndarray) -> np.ndarray:

@@ -59,6 +59,7 @@ class TrainConfig:
     focus_max_pos: int = 3
     focus_max_neg: int = 3
     scale_range: tuple[float, float] = (0.75, 1.4)
+    short_side: int = 0  # image short side (px) before the crop, times scale_range; 0: crop_size
     source_weights: dict = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
     seed: int = 0
     checkpoint_minutes: float = 5.0
@@ -130,7 +131,8 @@ class Trainer:
         global_views, focus_views = [], []
         while len(global_views) < cfg.batch_size:
             image, mask = self.sources.draw(rng)
-            rgb, gt = augment(image, mask, cfg.crop_size, rng, cfg.scale_range)
+            rgb, gt = augment(image, mask, cfg.crop_size, rng, cfg.scale_range,
+                                  short_side=cfg.short_side or None)
             patch = focus_patch(image, mask, cfg.crop_size, rng, cfg.alpha, cfg.beta,
                                 cfg.focus_max_pos, cfg.focus_max_neg)
             clicks = global_clicks(gt, rng)
@@ -290,6 +292,19 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
     return trainer
 
 
+def _parse_weights(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            parser.error(f"--source-weight wants SOURCE=WEIGHT, got {item!r}")
+        if name not in DEFAULT_SOURCE_WEIGHTS:
+            parser.error(f"--source-weight: unknown source {name!r} (known: {', '.join(DEFAULT_SOURCE_WEIGHTS)})")
+    return weights
+
+
 class _StopRequest:
     """While active, SIGTERM and SIGINT ask the loop to stop after the current step (which then
     checkpoints) instead of killing it."""
@@ -324,11 +339,17 @@ def main(argv=None) -> int:
         if f.type in scalar_types:
             parser.add_argument("--" + f.name.replace("_", "-"), type=scalar_types[f.type], dest=f.name,
                                 help=f"(new runs) default {getattr(TrainConfig(), f.name)}")
+    parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="(new runs) random scale factors of the short side, default 0.75 1.4")
+    parser.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
+                        help="(new runs) sampling weight of one training source; 0 holds it out")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    config = TrainConfig(**overrides)
+    if args.source_weight:
+        overrides["source_weights"] = dict(DEFAULT_SOURCE_WEIGHTS) | _parse_weights(parser, args.source_weight)
+    config = TrainConfig.from_dict(overrides)
     trainer = train(args.run_dir, config, args.max_minutes, args.steps, args.export,
                     select_device(args.device), args.imagenet)
     if args.validate:

@@ -168,3 +168,54 @@ def test_focus_patch_replaces_global_probabilities_inside_the_crop():
     outside[max(0, row - radius):row + radius + 1, max(0, col - radius):col + radius + 1] = False
     if outside.any():
         assert probs[outside].max() <= 0.2 + 1 / 255
+
+
+def _discs_at_positive_clicks(x):
+    return (x[3] > 0.01).astype(np.float32)  # the positive click map: a disc around each click
+
+
+# The global view is always the whole image (the Zoom-In box never shrinks), so what a click far
+# from a focus point does to the global mask stays out of that point's crop.
+WHOLE_VIEW = dict(mode="fast_pfs", zoom_min_ratio=2.0, short_side=192, focus_size=96)
+
+
+def _focused_session(pred):
+    image = np.zeros((200, 300, 3), np.uint8)
+    session = Session(pred, image, InferenceConfig(**WHOLE_VIEW))
+    session.add_click(Click(100.5, 40.5))
+    session.add_click(Click(100.5, 52.5, False))  # next to the disc: a small focus range
+    (row, col, radius), = session.focus_points
+    assert radius < 20
+    return image, session
+
+
+def test_a_focus_point_whose_inputs_did_not_change_is_not_re_run():
+    pred = ScriptedPredictor(_discs_at_positive_clicks)
+    image, session = _focused_session(pred)
+    pred.calls.clear()
+    session.add_click(Click(100.5, 250.5))  # far away: the point's crop and its clicks are unchanged
+    assert session.focus_runs == (1, 0) and pred.calls == [1]  # the global view only
+    rerun = Session(pred, image, InferenceConfig(**WHOLE_VIEW))
+    for click in session.clicks:
+        rerun._focus_results.clear()  # what the session would give without reuse
+        rerun.add_click(click)
+    np.testing.assert_array_equal(session.probabilities, rerun.probabilities)
+
+
+def test_a_click_reaching_a_focus_crop_re_runs_it():
+    pred = ScriptedPredictor(_discs_at_positive_clicks)
+    _, session = _focused_session(pred)
+    pred.calls.clear()
+    session.add_click(Click(90.5, 45.5, False))  # inside the first point's crop
+    runs, stale = session.focus_runs
+    assert stale == runs >= 1 and pred.calls[1] == 3 * stale
+
+
+def test_stored_focus_results_survive_a_state_round_trip():
+    pred = ScriptedPredictor(_discs_at_positive_clicks)
+    image, session = _focused_session(pred)
+    restored = Session.from_bytes(pred, image, session.to_bytes())
+    for s in (session, restored):
+        s.add_click(Click(100.5, 250.5))
+    assert restored.focus_runs == (1, 0)
+    np.testing.assert_array_equal(restored.probabilities, session.probabilities)
