@@ -3,7 +3,11 @@ paper settings); the same clicks are replayed through the candidate; the IoU bet
 masks after every click is reported (the bar: >= 0.99).
 
     python benchmarks/equivalence.py [--weights W] [--limit 50] [--clicks 20] [--mode fast_pfs]
-        [--candidate-runtime onnx] [--candidate-max-focus-points N] [--out benchmarks/results/equivalence.json]
+        [--candidate-runtime onnx] [--candidate-max-focus-points N] [--candidate-focus-reuse 0|TOL]
+        [--out benchmarks/results/equivalence.json]
+
+The reference never reuses focus results; the candidate reuses them as ``--candidate-focus-reuse``
+says (``InferenceConfig.focus_reuse_tolerance``; default 0: only on identical inputs).
 """
 from __future__ import annotations
 
@@ -36,13 +40,15 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default="fast_pfs")
     parser.add_argument("--candidate-runtime", default="onnx")
     parser.add_argument("--candidate-max-focus-points", type=int)
+    parser.add_argument("--candidate-focus-reuse", type=float, default=0.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "equivalence.json")
     args = parser.parse_args(argv)
     reference = load_predictor(args.weights, "cpu", "torch")
     candidate = load_predictor(args.weights, "cpu", args.candidate_runtime)
-    ref_config = InferenceConfig(mode=args.mode)
-    cand_config = InferenceConfig(mode=args.mode, max_focus_points=args.candidate_max_focus_points)
-    ious = []
+    ref_config = InferenceConfig(mode=args.mode, focus_reuse_tolerance=None)
+    cand_config = InferenceConfig(mode=args.mode, max_focus_points=args.candidate_max_focus_points,
+                                  focus_reuse_tolerance=args.candidate_focus_reuse)
+    ious, points, re_run = [], 0, 0
     for sample in list_samples(args.dataset)[: args.limit]:
         image, gt = load_sample(sample)
         ref, cand = Session(reference, image, ref_config), Session(candidate, image, cand_config)
@@ -53,9 +59,13 @@ def main(argv=None) -> int:
                 break
             clicked[click.pixel()] = True
             ious.append(mask_iou(ref.add_click(click), cand.add_click(click)))
+            points += cand.focus_runs[0]
+            re_run += cand.focus_runs[1]
         print(f"{sample.name}: min IoU so far {min(ious):.4f}", file=sys.stderr)
     report = {"weights": reference.version, "mode": args.mode, "candidate_runtime": args.candidate_runtime,
-              "candidate_max_focus_points": args.candidate_max_focus_points, "clicks_compared": len(ious),
+              "candidate_max_focus_points": args.candidate_max_focus_points,
+              "candidate_focus_reuse": args.candidate_focus_reuse, "clicks_compared": len(ious),
+              "candidate_focus_points": points, "candidate_focus_re_run": re_run,
               "iou_min": min(ious), "iou_mean": float(np.mean(ious)), "iou_p01": float(np.percentile(ious, 1)),
               "share_at_least_0.99": float(np.mean(np.array(ious) >= 0.99))}
     args.out.parent.mkdir(parents=True, exist_ok=True)

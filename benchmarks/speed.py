@@ -2,7 +2,8 @@
 OpenCV GrabCut peer on the same robot clicks for a side-by-side ratio.
 
     python benchmarks/speed.py [--weights W] [--sizes 0.3,1,4,12] [--modes global,focus,pfs,fast_pfs]
-        [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--device cpu] [--out benchmarks/results/speed-cpu.json]
+        [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--focus-reuse 0|off|TOL] [--device cpu]
+        [--out benchmarks/results/speed-cpu.json]
 
 Images are GrabCut images (and their masks) resized to each size in megapixels; a robot user
 (``next_robot_click``) makes the clicks. The first click of each sequence includes the one-off
@@ -67,8 +68,9 @@ def resized_pair(sample, megapixels: float) -> tuple[np.ndarray, np.ndarray]:
     return cv2.resize(image, size, interpolation=interpolation), cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST)
 
 
-def robot_sequence(start, image, gt, n_clicks: int, clicks=None) -> tuple[list, list[float]]:
-    """Times of ``n_clicks`` robot clicks (or of the given ``clicks``) on a new segmenter."""
+def robot_sequence(start, image, gt, n_clicks: int, clicks=None, focus_runs=None) -> tuple[list, list[float]]:
+    """Times of ``n_clicks`` robot clicks (or of the given ``clicks``) on a new segmenter; each
+    click's (focus points, re-run) is appended to ``focus_runs`` when given."""
     segmenter = start(image)
     mask = np.zeros(gt.shape, bool)
     clicked = np.zeros(gt.shape, bool)
@@ -82,6 +84,8 @@ def robot_sequence(start, image, gt, n_clicks: int, clicks=None) -> tuple[list, 
         mask = segmenter.add_click(click)
         times.append(time.perf_counter() - t0)
         made.append(click)
+        if focus_runs is not None:
+            focus_runs.append(segmenter.focus_runs)
     return made, times
 
 
@@ -106,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=6)
     parser.add_argument("--grabcut-max-mp", type=float, default=4.0, help="skip the peer above this size")
     parser.add_argument("--max-focus-points", type=int, help="InferenceConfig.max_focus_points")
+    parser.add_argument("--focus-reuse", default="0",
+                        help="InferenceConfig.focus_reuse_tolerance: a share of changed crop pixels, or off")
     parser.add_argument("--device")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed-cpu.json")
@@ -120,19 +126,21 @@ def main(argv=None) -> int:
         pairs = [resized_pair(s, mp) for s in samples]
         clicks_by_image = {}
         for mode in args.modes.split(","):
-            config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points)
+            config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points,
+                                     focus_reuse_tolerance=None if args.focus_reuse == "off" else float(args.focus_reuse))
             start = lambda image, c=config: Session(predictor, image, c)  # noqa: E731
             robot_sequence(start, *pairs[0], 2)  # warm-up
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            times = []
+            times, runs = [], []
             with PeakRSS() as rss:
                 for i, (image, gt) in enumerate(pairs):
-                    made, t = robot_sequence(start, image, gt, args.clicks)
+                    made, t = robot_sequence(start, image, gt, args.clicks, focus_runs=runs)
                     times.append(t)
                     clicks_by_image.setdefault(i, made)
             row = {"mp": mp, "size": list(pairs[0][1].shape), "method": f"focuscut:{mode}", **stats(times),
-                   "rss_peak_mb": (rss.peak - rss.base) / 2**20}
+                   "rss_peak_mb": (rss.peak - rss.base) / 2**20,
+                   "focus_points": int(sum(n for n, _ in runs)), "focus_re_run": int(sum(k for _, k in runs))}
             if cuda:
                 row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
             rows.append(row)
@@ -149,17 +157,21 @@ def main(argv=None) -> int:
         r["vs_fast_pfs"] = r["p50"] / fast[r["mp"]] if fast.get(r["mp"]) and r["p50"] else None
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
     report = {"device": device, "weights": predictor.version, "torch": torch.__version__,
-              "images": args.images, "clicks": args.clicks, "rows": rows}
+              "images": args.images, "clicks": args.clicks, "focus_reuse": args.focus_reuse,
+              "max_focus_points": args.max_focus_points, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"device: {device}; weights: {predictor.version}\n")
-    print("| MP | method | first click s | p50 s | p95 s | peak RSS MB | p50 / fast PFS |" + (" GPU MB |" if cuda else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))
+    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}\n")
+    print("| MP | method | first click s | p50 s | p95 s | peak RSS MB | p50 / fast PFS | focus crops re-run |"
+          + (" GPU MB |" if cuda else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))
     for r in rows:
         ratio = f"{r['vs_fast_pfs']:.2f}" if r["vs_fast_pfs"] else "-"
+        rerun = f"{r['focus_re_run']}/{r['focus_points']}" if r.get("focus_points") else "-"
         gpu = f" {r['gpu_peak_mb']:.0f} |" if cuda and "gpu_peak_mb" in r else (" - |" if cuda else "")
         print(f"| {r['mp']} | {r['method']} | {r['first']:.3f} | {r['p50']:.3f} | {r['p95']:.3f} | "
-              f"{r['rss_peak_mb']:.0f} | {ratio} |{gpu}")
+              f"{r['rss_peak_mb']:.0f} | {ratio} | {rerun} |{gpu}")
     return 0
 
 

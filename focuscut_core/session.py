@@ -49,8 +49,8 @@ class InferenceConfig:
     pfs_min_ratio: float = 0.2  # PFS ranges never below this fraction of the first range
     fast_shrink: float = 0.8  # fast PFS: each round's range is this times the previous
     max_focus_points: int | None = None  # re-run only the latest N focus points (None: all)
-    focus_reuse_tolerance: float = 0.0  # reuse a focus result if at most this share of its crop's
-    # global mask changed (and no click reaching the crop did); 0: only on identical inputs
+    focus_reuse_tolerance: float | None = 0.0  # reuse a focus result if at most this share of its
+    # crop's global mask changed (and no click reaching the crop did); 0: identical inputs; None: never
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -204,7 +204,7 @@ class Session:
 
     def _reusable(self, point: tuple[int, int, int], prev: np.ndarray, clicks: tuple) -> bool:
         old = self._focus_results.get(point)
-        if old is None or old.clicks != clicks:
+        if old is None or old.clicks != clicks or self.config.focus_reuse_tolerance is None:
             return False
         return np.count_nonzero(old.prev != prev) <= self.config.focus_reuse_tolerance * prev.size
 
@@ -214,9 +214,9 @@ class Session:
         inputs = []
         for row, col, radius, prev in crops:
             side = 2 * radius + 1
-            rgb = resize(crop_square(self.image, row, col, radius, PAD_RGB), size, size)
+            rgb = resize(crop_square(self.image, row, col, radius, PAD_RGB, copy=False), size, size)
             if prev is None:
-                prev = crop_square(global_mask, row, col, radius, False)
+                prev = crop_square(global_mask, row, col, radius, False, copy=False)
             prev = resize(prev.astype(np.uint8), size, size, nearest=True)
             inputs.append(view_input(rgb, prev, self.clicks, size / side, size / side, row - radius, col - radius))
         return inputs
@@ -261,8 +261,8 @@ class Session:
                 crops.append((row, col, rad, None))
                 owners.append(i)
         outs = self._run_crops(global_mask, crops)
-        patches = [crop_square(global_probs, r0, c0, rad, 0.0) for r0, c0, rad in points]
-        for i, crop, out in zip(owners, crops, outs):  # larger ranges first, finer ones override
+        patches = [np.empty((2 * rad + 1, 2 * rad + 1), np.float32) for _, _, rad in points]
+        for i, crop, out in zip(owners, crops, outs):  # the full range first, finer ones override
             _centre(patches[i], points[i][2], crop[2])[...] = out
         return patches
 

@@ -100,12 +100,17 @@ def _place(twice_centre: int, side: int, limit: int) -> tuple[int, int]:
     return start, start + side
 
 
-def crop_square(array: np.ndarray, row: int, col: int, radius: int, fill=0) -> np.ndarray:
-    """The (2r+1)x(2r+1) square centred on pixel (row, col); outside the image it is ``fill``."""
+def crop_square(array: np.ndarray, row: int, col: int, radius: int, fill=0, copy: bool = True) -> np.ndarray:
+    """The (2r+1)x(2r+1) square centred on pixel (row, col); outside the image it is ``fill``.
+    With ``copy=False`` a square lying wholly inside is a read-only view of ``array``."""
     side = 2 * radius + 1
+    src, dst = square_overlap(array.shape[:2], row, col, radius)
+    if not copy and (dst[0].stop - dst[0].start, dst[1].stop - dst[1].start) == (side, side):
+        view = array[src]
+        view.flags.writeable = False
+        return view
     out = np.empty((side, side) + array.shape[2:], array.dtype)
     out[...] = fill
-    src, dst = square_overlap(array.shape[:2], row, col, radius)
     out[dst] = array[src]
     return out
 

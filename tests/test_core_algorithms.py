@@ -102,6 +102,16 @@ def test_crop_square_pads_at_borders():
     assert (crop_square(a, 20, 20, 1, fill=-1) == -1).all()
 
 
+def test_crop_square_without_copy_views_inner_squares_only():
+    a = np.arange(25).reshape(5, 5)
+    inner = crop_square(a, 2, 2, 1, copy=False)
+    np.testing.assert_array_equal(inner, [[6, 7, 8], [11, 12, 13], [16, 17, 18]])
+    assert np.shares_memory(inner, a) and not inner.flags.writeable
+    border = crop_square(a, 0, 0, 1, fill=-1, copy=False)
+    np.testing.assert_array_equal(border, crop_square(a, 0, 0, 1, fill=-1))
+    assert not np.shares_memory(border, a)
+
+
 def test_square_overlap_pastes_back_where_it_was_cut():
     image = np.random.default_rng(0).random((7, 9))
     patch = crop_square(image, 6, 0, 2, fill=np.nan)
