@@ -138,4 +138,5 @@ class Segmenter:
                 new_states[keys[k]] = session.to_bytes()
         self.store.put_many(new_states)
         stats["session_s"] = time.perf_counter() - t
+        stats["focus_points"], stats["focus_re_run"] = session.focus_runs  # of the last click computed
         return session

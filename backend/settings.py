@@ -38,6 +38,7 @@ class Settings:
     device: str | None  # FOCUSCUT_DEVICE: "cpu", "cuda", "cuda:1"; unset: CUDA when present
     mode: str  # FOCUSCUT_MODE: global | focus | pfs | fast_pfs
     max_focus_points: int | None  # FOCUSCUT_MAX_FOCUS_POINTS: re-run only the latest N focus points per click (unset: all, as the paper)
+    focus_reuse: float | None  # FOCUSCUT_FOCUS_REUSE: share of a focus crop's mask that may change for its last result to be reused (0: identical inputs only; "off": never)
     cache_dir: Path  # FOCUSCUT_CACHE_DIR: downloaded images
     cache_max_mb: float  # FOCUSCUT_CACHE_MAX_MB: size cap of cache_dir
     max_pixels: int  # FOCUSCUT_MAX_PIXELS: larger images are refused (checked from the header)
@@ -62,7 +63,8 @@ class Settings:
 
 def inference_config(s: Settings, mode: str | None = None) -> InferenceConfig:
     """The core's inference settings for serving (``mode`` overrides FOCUSCUT_MODE)."""
-    return InferenceConfig(mode=mode or s.mode, max_focus_points=s.max_focus_points)
+    return InferenceConfig(mode=mode or s.mode, max_focus_points=s.max_focus_points,
+                           focus_reuse_tolerance=s.focus_reuse)
 
 
 def load() -> Settings:
@@ -76,6 +78,7 @@ def load() -> Settings:
         device=_str("FOCUSCUT_DEVICE"),
         mode=_str("FOCUSCUT_MODE", "fast_pfs"),
         max_focus_points=_int("FOCUSCUT_MAX_FOCUS_POINTS", 0) or None,
+        focus_reuse=None if _str("FOCUSCUT_FOCUS_REUSE", "0").lower() == "off" else _float("FOCUSCUT_FOCUS_REUSE", 0.0),
         cache_dir=Path(_str("FOCUSCUT_CACHE_DIR", os.path.expanduser("~/.cache/focuscut/images"))),
         cache_max_mb=_float("FOCUSCUT_CACHE_MAX_MB", 1024.0),
         max_pixels=_int("FOCUSCUT_MAX_PIXELS", 50_000_000),

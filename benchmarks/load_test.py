@@ -1,11 +1,12 @@
 """Bounded load test on loopback: simulated annotators clicking against the deployed web command.
 
-    python benchmarks/load_test.py [--annotators 8] [--duration 120] [--workers 2] [--threads 2]
+    python benchmarks/load_test.py [--annotators 8] [--duration 120] [--workers 2] [--threads 2] [--intra-threads 1]
                                    [--think 2.0] [--size 480x640] [--out benchmarks/results/load_test.json]
 
 Starts a redis-server, a loopback "Label Studio" serving the task images, and
 ``scripts/launch web`` (gunicorn, WEB_CONCURRENCY workers x GUNICORN_THREADS threads: the command
-line deployments run). Each annotator takes a task of its own (a new task id, so a new click
+line deployments run; each worker's torch / ONNX Runtime uses ``--intra-threads`` cores, OMP_NUM_THREADS).
+Each annotator takes a task of its own (a new task id, so a new click
 session), clicks on the object up to ``--clicks`` times (positive inside, negative outside; each
 /predict carries every click so far, as Label Studio sends them), waiting ``--think`` seconds on
 average (uniform 0.5x..1.5x) to look at each mask, then moves to the next task, until
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY")
     parser.add_argument("--threads", type=int, default=2, help="GUNICORN_THREADS")
+    parser.add_argument("--intra-threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())),
+                        help="OMP_NUM_THREADS of each worker: the cores one network pass uses")
     parser.add_argument("--think", type=float, default=2.0, help="mean seconds between an answer and the next click")
     parser.add_argument("--clicks", type=int, default=6, help="clicks per object")
     parser.add_argument("--images", type=int, default=8)
@@ -164,6 +167,7 @@ def main(argv=None) -> int:
     port, work = free_port(), Path(tempfile.mkdtemp(prefix="focuscut-load-"))
     with redis_server() as redis_url, image_server(files) as ls:
         env = {"PORT": str(port), "WEB_CONCURRENCY": str(args.workers), "GUNICORN_THREADS": str(args.threads),
+               "OMP_NUM_THREADS": str(args.intra_threads),
                "REDIS_URL": redis_url, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "load-test",
                "FOCUSCUT_MODE": args.mode, "FOCUSCUT_MODEL_DIR": str(work / "models"),
                "FOCUSCUT_CACHE_DIR": str(work / "images"), "FOCUSCUT_WEIGHTS": ""}
@@ -194,7 +198,7 @@ def main(argv=None) -> int:
     memory = memory_summary(samples)
     summary = {
         "annotators": args.annotators, "duration_s": args.duration, "wall_s": round(wall, 1),
-        "workers": args.workers, "threads": args.threads, "mode": args.mode, "image": args.size,
+        "workers": args.workers, "threads": args.threads, "intra_threads": args.intra_threads, "mode": args.mode, "image": args.size,
         "think_s": args.think, "clicks_per_object": args.clicks,
         "requests": len(records), "ok": int(len(latencies)), "errors": len(errors),
         "error_kinds": {e: errors.count(e) for e in sorted(set(errors))},
@@ -207,7 +211,7 @@ def main(argv=None) -> int:
         "machine": platform.platform(), "cpu_count": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
     }
     print(f"\n{args.annotators} annotators x {args.duration:.0f} s, gunicorn {args.workers} workers x {args.threads} "
-          f"threads, {args.mode}, {args.size} images, think {args.think:g} s")
+          f"threads x {args.intra_threads} intra-op threads, {args.mode}, {args.size} images, think {args.think:g} s")
     print(f"{'requests':>9} {'ok':>5} {'errors':>6} {'clicks/s':>8} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'restarts':>8}")
     print(f"{summary['requests']:>9} {summary['ok']:>5} {summary['errors']:>6} {summary['clicks_per_s']:>8} "
           f"{summary['p50_s']!s:>7} {summary['p95_s']!s:>7} {summary['max_s']!s:>7} {summary['worker_restarts']:>8}")
