@@ -233,7 +233,7 @@ def fine_tune(net: FocusCutNet, samples: list, config: TrainConfig | None = None
     scheme, for at most ``max_steps`` steps and ``max_seconds``; ``progress(step, loss)`` after each
     step. Returns ``net`` in eval mode."""
     config = config or TrainConfig(lr=1e-3, batch_size=4, epoch_samples=max(4, len(samples)),
-                                   crop_size=320, itis_max_iters=2)
+                                   crop_size=256, short_side=384, scale_range=(0.6, 1.25), itis_max_iters=2)
     sources = WeightedSources({"project": list(samples)}, {"project": 1.0}, loader=lambda pair: pair)
     trainer = Trainer(net, config, device or next(net.parameters()).device, sources)
     deadline = time.monotonic() + max_seconds

@@ -64,6 +64,20 @@ def test_augment_returns_a_square_crop_with_object():
     assert (crop == 255).sum() > 64
 
 
+def test_augment_scales_the_short_side_to_short_side_before_cropping():
+    rows, cols = np.indices((100, 200))
+    image = np.repeat((((rows // 10 + cols // 10) % 2) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    gt = np.full((100, 200), 255, np.uint8)
+
+    def square_side(short_side):  # the checkerboard's squares, in crop pixels
+        rgb, _ = augment(image, gt, 64, np.random.default_rng(0), (1.0, 1.0), short_side=short_side)
+        edges = np.count_nonzero(np.diff(rgb[32, :, 0] >= 128))
+        return 64 / (edges + 1)
+
+    assert square_side(None) == pytest.approx(6.4, rel=0.2)  # 100 px -> 64
+    assert square_side(128) == pytest.approx(12.8, rel=0.2)  # 100 px -> 128, then a 64 crop
+
+
 def test_masked_bce_ignores_128():
     logits = torch.full((1, 1, 2, 2), 3.0)
     gt = torch.tensor([[[0, 128], [128, 128]]], dtype=torch.uint8)
@@ -164,3 +178,20 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
     assert logged[-1] == step  # every logged step is in the checkpoint: nothing to redo, nothing lost
     assert subprocess.run(args + ["--steps", "1"], env=env, capture_output=True).returncode == 0
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == step + 1
+
+
+def test_cli_holds_a_source_out_and_records_scale_settings(tmp_path, monkeypatch):
+    _write_dataset(tmp_path / "data")
+    monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("focuscut_core.train.DEFAULT_SOURCE_WEIGHTS", {"alpha": 1.0, "beta": 1.0})
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), "--crop-size", "64", "--batch-size", "2", "--device", "cpu",
+            "--itis-max-iters", "1", "--steps", "1"]
+    assert main(args + ["--source-weight", "beta=0", "--scale-range", "0.9", "1.1", "--short-side", "96"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["source_weights"] == {"alpha": 1.0, "beta": 0.0}
+    assert config["scale_range"] == [0.9, 1.1] and config["short_side"] == 96
+    for bad in ("gamma=1", "beta=much"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + ["--source-weight", bad])
+        assert exit_info.value.code == 2
