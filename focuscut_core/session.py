@@ -86,6 +86,7 @@ class Session:
         self._history: list[_Snapshot] = []
         self._view_cache: tuple[Box, tuple[int, int], np.ndarray] | None = None
         self._focus_results: dict[tuple[int, int, int], _FocusResult] = {}
+        self._crop_rgb: dict[tuple[int, int, int], np.ndarray] = {}  # (row, col, radius) -> resized crop
         self.focus_runs = (0, 0)  # the last click's (focus points, of which re-run)
 
     # --- what the user sees -------------------------------------------------------------
@@ -180,6 +181,8 @@ class Session:
             for p, patch in zip(stale, patches):
                 self._focus_results[p] = _FocusResult(*inputs[p], _quantise(patch))
         self._focus_results = {p: self._focus_results[p] for p in points}
+        centres = {(row, col) for row, col, _ in points}
+        self._crop_rgb = {k: v for k, v in self._crop_rgb.items() if k[:2] in centres}
         self.focus_runs = (len(points), len(stale))
         if not points:
             return global_probs
@@ -214,7 +217,10 @@ class Session:
         inputs = []
         for row, col, radius, prev in crops:
             side = 2 * radius + 1
-            rgb = resize(crop_square(self.image, row, col, radius, PAD_RGB, copy=False), size, size)
+            rgb = self._crop_rgb.get((row, col, radius))
+            if rgb is None:  # a focus point's crops recur at every later click: resized once
+                rgb = resize(crop_square(self.image, row, col, radius, PAD_RGB, copy=False), size, size)
+                self._crop_rgb[row, col, radius] = rgb
             if prev is None:
                 prev = crop_square(global_mask, row, col, radius, False, copy=False)
             prev = resize(prev.astype(np.uint8), size, size, nearest=True)
