@@ -33,7 +33,7 @@ class _PerProcess:
                 s = settings_module.get()
                 self._segmenter = Segmenter(PredictorCache(s.model_dir, s.weights, s.device),
                                             ImageFetcher.from_settings(s), session_store.from_settings(s),
-                                            settings_module.inference_config(s))
+                                            settings_module.inference_config(s), s.live_sessions)
             return self._segmenter
 
     @property

@@ -63,8 +63,10 @@ def _score(session: Session) -> float:
 class Segmenter:
     """Click-to-mask for a process: shares the predictors, the image fetcher and the session store."""
 
-    def __init__(self, predictors: PredictorCache, fetcher: ImageFetcher, store, config: InferenceConfig):
+    def __init__(self, predictors: PredictorCache, fetcher: ImageFetcher, store, config: InferenceConfig,
+                 live_sessions: int = 8):
         self.predictors, self.fetcher, self.store, self.config = predictors, fetcher, store, config
+        self.live = session_store.LiveSessions(live_sessions)
 
     def model_version(self, project) -> str:
         return self.predictors.get(project).version
@@ -112,9 +114,13 @@ class Segmenter:
                  "label": label}
         keys = session_store.prefix_keys(scope, clicks)
         t = time.perf_counter()
-        found = self.store.get_many(keys)
-        session, start = None, 0
-        for k in range(len(keys), 0, -1):
+        session, start = self.live.take(keys)
+        stats["live_session"] = session is not None
+        if session is not None:
+            session.predictor = predictor
+        found = self.store.get_many(keys[start:]) if start < len(keys) else []
+        found = [None] * start + found
+        for k in range(len(keys), start, -1):
             if found[k - 1] is None:
                 continue
             try:
@@ -137,6 +143,9 @@ class Segmenter:
             if self.store.kind != "off":
                 new_states[keys[k]] = session.to_bytes()
         self.store.put_many(new_states)
+        if keys:
+            session.forget_undo()
+            self.live.put(keys[-1], session)
         stats["session_s"] = time.perf_counter() - t
         stats["focus_points"], stats["focus_re_run"] = session.focus_runs  # of the last click computed
         return session

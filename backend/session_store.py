@@ -8,6 +8,11 @@ c1..cn looks up all n prefix keys at once and continues from the longest one fou
 ``RedisStore`` is shared by every gunicorn worker (entries expire after a TTL); when Redis
 fails it answers "not found" and stores nothing, so serving falls back to replaying.
 ``MemoryStore`` is a per-process LRU used when no REDIS_URL is set.
+
+``LiveSessions`` keeps a few sessions of this process alive in front of either store: the next
+click of the same label continues the very object (its resized views and focus crops included)
+instead of restoring bytes. A session is taken out while a request works on it and put back
+under its new key, so two requests never share one.
 """
 from __future__ import annotations
 
@@ -65,6 +70,33 @@ class MemoryStore:
             while self._size > self.max_bytes:
                 _, value = self._items.popitem(last=False)
                 self._size -= len(value)
+
+
+class LiveSessions:
+    """In-process LRU of at most ``max_items`` live sessions, keyed by their state's prefix key."""
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, keys: list[str]):
+        """(session, k) for the longest prefix keys[:k] held, removed from the LRU; (None, 0) if none."""
+        with self._lock:
+            for k in range(len(keys), 0, -1):
+                session = self._items.pop(keys[k - 1], None)
+                if session is not None:
+                    return session, k
+        return None, 0
+
+    def put(self, key: str, session) -> None:
+        if self.max_items <= 0:
+            return
+        with self._lock:
+            self._items[key] = session
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
 
 
 class RedisStore:

@@ -47,6 +47,7 @@ class Settings:
     session_cache: bool  # FOCUSCUT_SESSION_CACHE: "off" replays every click sequence from scratch
     session_ttl: int  # FOCUSCUT_SESSION_TTL: seconds a click state lives in Redis
     session_lru_mb: float  # FOCUSCUT_SESSION_LRU_MB: size of the in-process session cache
+    live_sessions: int  # FOCUSCUT_LIVE_SESSIONS: sessions each worker keeps alive for the next click (0: none)
     train_min_annotations: int  # FOCUSCUT_TRAIN_MIN_ANNOTATIONS
     train_max_steps: int  # FOCUSCUT_TRAIN_MAX_STEPS
     train_max_seconds: float  # FOCUSCUT_TRAIN_MAX_SECONDS
@@ -87,6 +88,7 @@ def load() -> Settings:
         session_cache=_str("FOCUSCUT_SESSION_CACHE", "on").lower() not in ("off", "0", "false", "no"),
         session_ttl=_int("FOCUSCUT_SESSION_TTL", 3600),
         session_lru_mb=_float("FOCUSCUT_SESSION_LRU_MB", 256.0),
+        live_sessions=_int("FOCUSCUT_LIVE_SESSIONS", 8),
         train_min_annotations=_int("FOCUSCUT_TRAIN_MIN_ANNOTATIONS", 5),
         train_max_steps=_int("FOCUSCUT_TRAIN_MAX_STEPS", 500),
         train_max_seconds=_float("FOCUSCUT_TRAIN_MAX_SECONDS", 600.0),

@@ -136,6 +136,10 @@ class Session:
                 self.add_click(c)
         return self.mask
 
+    def forget_undo(self) -> None:
+        """Drop the undo history (one HxW array per click); ``undo`` then replays instead."""
+        self._history.clear()
+
     # --- the global view ----------------------------------------------------------------
     def _global_view(self, prev_mask: np.ndarray) -> tuple[np.ndarray, Box]:
         """P at full resolution (float32) from the Zoom-In view, and the box used."""

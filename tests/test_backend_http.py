@@ -262,7 +262,8 @@ def _concurrently(fn, n: int = 2):
 
 def test_two_workers_share_sessions_through_redis(tmp_path, predictor):
     with redis_server() as redis_url, image_server({UPLOAD: png_bytes(IMAGE)}) as ls, \
-            gunicorn_server(env=base_env(tmp_path, ls.url, REDIS_URL=redis_url), workers=2, threads=1) as g:
+            gunicorn_server(env=base_env(tmp_path, ls.url, REDIS_URL=redis_url, FOCUSCUT_LIVE_SESSIONS="0"),
+                            workers=2, threads=1) as g:
         pids = set()
         for _ in range(10):  # no /setup anywhere: both sync workers answer /predict
             for resp in _concurrently(lambda: click_request(g.url, SEQUENCE[:1])):
@@ -295,10 +296,27 @@ def test_two_workers_share_sessions_through_redis(tmp_path, predictor):
         np.testing.assert_array_equal(region_mask(replayed.json()["results"][0]["result"][0]), expected)
 
 
+def test_a_worker_continues_its_live_session_without_the_store(tmp_path, predictor):
+    with redis_server() as redis_url, image_server({UPLOAD: png_bytes(IMAGE)}) as ls, \
+            gunicorn_server(env=base_env(tmp_path, ls.url, REDIS_URL=redis_url), workers=1, threads=1) as g:
+        assert stats(click_request(g.url, SEQUENCE[:1]))["live_session"] is False
+        for n in range(2, len(SEQUENCE) + 1):
+            redis.Redis.from_url(redis_url).flushall()  # only the worker's live session holds click n - 1
+            resp = click_request(g.url, SEQUENCE[:n])
+            assert resp.status_code == 200, resp.text
+            assert stats(resp)["live_session"] is True
+            assert (stats(resp)["steps"], stats(resp)["cache_hit_clicks"]) == (1, n - 1)
+            np.testing.assert_array_equal(region_mask(resp.json()["results"][0]["result"][0]),
+                                          core_mask(predictor, IMAGE, SEQUENCE[:n]))
+        back = click_request(g.url, SEQUENCE[:2])  # an earlier state: not alive, not stored: replayed
+        assert (stats(back)["live_session"], stats(back)["steps"]) == (False, 2)
+
+
 def test_predict_keeps_serving_when_redis_dies(tmp_path, predictor):
     with image_server({UPLOAD: png_bytes(IMAGE)}) as ls, contextlib.ExitStack() as redis_alive:
         redis_url = redis_alive.enter_context(redis_server())
-        with gunicorn_server(env=base_env(tmp_path, ls.url, REDIS_URL=redis_url), workers=1) as g:
+        env = base_env(tmp_path, ls.url, REDIS_URL=redis_url, FOCUSCUT_LIVE_SESSIONS="0")
+        with gunicorn_server(env=env, workers=1) as g:
             first = click_request(g.url, SEQUENCE[:1])
             assert first.status_code == 200 and stats(first)["cache"] == "redis"
             redis_alive.close()  # the redis-server process stops; gunicorn keeps running
