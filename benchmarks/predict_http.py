@@ -5,10 +5,12 @@
 A real gunicorn serves the backend; a loopback HTTP server plays Label Studio's /data/upload/.
 A robot user (focuscut_core.next_robot_click on a GrabCut ground truth, upscaled to ~1 MP) clicks
 ``--clicks`` times per sequence; each click is one /predict with every click so far, exactly as
-Label Studio sends them. Three configurations:
+Label Studio sends them. Four configurations:
 
-    redis   session cache in Redis (the n-th click continues from the stored state)
-    memory  session cache in the worker's LRU
+    live    the default: Redis, and the worker's live sessions (FOCUSCUT_LIVE_SESSIONS=8): the n-th
+            click continues the same in-memory session, its resized views and focus crops included
+    redis   session states in Redis only (the n-th click restores the stored state's bytes)
+    memory  session states in the worker's LRU only
     off     FOCUSCUT_SESSION_CACHE=off: every request replays all its clicks
 
 Each sequence uses a new task id (no session hits across sequences). The server's
@@ -95,7 +97,7 @@ def main():
     parser.add_argument("--clicks", type=int, default=6)
     parser.add_argument("--sequences", type=int, default=3)
     parser.add_argument("--threads", default="2", help="OMP/torch threads of the gunicorn worker")
-    parser.add_argument("--configs", default="redis,memory,off")
+    parser.add_argument("--configs", default="live,redis,memory,off")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "predict_http.json"))
     args = parser.parse_args()
 
@@ -108,7 +110,8 @@ def main():
             tmp = Path(tempfile.mkdtemp(prefix="focuscut-bench-"))
             env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "bench", "OMP_NUM_THREADS": args.threads,
                    "FOCUSCUT_CACHE_DIR": str(tmp / "images"), "FOCUSCUT_MODEL_DIR": str(tmp / "models"),
-                   "REDIS_URL": redis_url if name == "redis" else "",
+                   "REDIS_URL": redis_url if name in ("live", "redis") else "",
+                   "FOCUSCUT_LIVE_SESSIONS": "8" if name == "live" else "0",
                    "FOCUSCUT_SESSION_CACHE": "off" if name == "off" else "on"}
             with gunicorn_server(env=env, workers=1, threads=1) as g:
                 rows = []
