@@ -1,7 +1,9 @@
 """Robot-user evaluation (the RITM / FocusCut protocol), FocusCut modes and peers side by side.
 
     python -m focuscut_core.evaluate DATASET_DIR [--weights W] [--modes global,focus,pfs,fast_pfs]
-        [--peers grabcut] [--max-clicks 20] [--limit N] [--out report.json] [--plot curve.png]
+        [--peers grabcut] [--max-clicks 20] [--stop-iou 0.9] [--skip K] [--limit N]
+        [--out report.json] [--plot curve.png]
+    python -m focuscut_core.evaluate --merge shard1.json shard2.json --out report.json
 
 For every image the robot clicks at the deepest pixel of the largest error (see
 ``clicks.next_robot_click``) up to ``max_clicks`` times; after each click IoU, boundary IoU and
@@ -91,9 +93,10 @@ def methods_for(predictor: Predictor | None, modes, peers) -> dict:
 
 def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pfs",), peers=("grabcut",),
                      max_clicks: int = 20, limit: int | None = None, log=sys.stderr,
-                     stop_iou: float | None = None) -> dict:
-    """Every method on every image of ``dataset`` (the shared layout), in one run."""
-    samples = list_samples(dataset)[:limit]
+                     stop_iou: float | None = None, skip: int = 0) -> dict:
+    """Every method on every image of ``dataset`` (the shared layout; ``limit`` objects after the
+    first ``skip``), in one run."""
+    samples = list_samples(dataset)[skip:][:limit]
     methods = methods_for(predictor, modes, peers)
     records = {name: [] for name in methods}
     for i, sample in enumerate(samples, 1):
@@ -105,13 +108,33 @@ def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pf
             log.flush()
     if log:
         log.write("\n")
+    return report_of(str(dataset), max_clicks, stop_iou, getattr(predictor, "version", None), records)
+
+
+def report_of(dataset: str, max_clicks: int, stop_iou: float | None, weights: str | None, records: dict) -> dict:
+    """The JSON report of per-image records {method: [robot_run record + "image"]}."""
     return {
-        "dataset": str(dataset), "max_clicks": max_clicks, "stop_iou": stop_iou,
-        "weights": getattr(predictor, "version", None),
+        "dataset": dataset, "max_clicks": max_clicks, "stop_iou": stop_iou, "weights": weights,
         "methods": {name: summarise(recs, max_clicks) for name, recs in records.items()},
-        "per_image": {name: [{"image": r["image"], "iou": [round(v, 4) for v in r["iou"]]} for r in recs]
+        "per_image": {name: [{"image": r["image"], "iou": [float(v) for v in r["iou"]],  # exact: NoC compares it
+                              "biou": [round(v, 4) for v in r["biou"]], "assd": [round(v, 3) for v in r["assd"]],
+                              "seconds": [round(v, 4) for v in r["seconds"]]} for r in recs]
                       for name, recs in records.items()},
     }
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from reports of disjoint parts of a dataset (same methods and settings)."""
+    first = reports[0]
+    for other in reports[1:]:
+        same = [other[k] == first[k] for k in ("dataset", "max_clicks", "stop_iou", "weights")]
+        if not all(same) or set(other["per_image"]) != set(first["per_image"]):
+            raise ValueError("reports differ in dataset, settings, weights or methods: cannot merge")
+    records = {name: [r for rep in reports for r in rep["per_image"][name]] for name in first["per_image"]}
+    images = [r["image"] for r in next(iter(records.values()))]
+    if len(set(images)) != len(images):
+        raise ValueError("reports overlap: an image occurs twice")
+    return report_of(first["dataset"], first["max_clicks"], first["stop_iou"], first["weights"], records)
 
 
 def format_table(report: dict) -> str:
@@ -149,12 +172,15 @@ def plot_curves(report: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m focuscut_core.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", type=Path, help="a folder with images/ and masks/")
+    parser.add_argument("dataset", type=Path, nargs="?", help="a folder with images/ and masks/")
     parser.add_argument("--weights", type=Path, help="weights file (default: the shipped model)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
     parser.add_argument("--peers", default="grabcut", help="comma-separated peers (grabcut) or ''")
     parser.add_argument("--max-clicks", type=int, default=20)
-    parser.add_argument("--limit", type=int, help="only the first N objects")
+    parser.add_argument("--limit", type=int, help="only the first N objects (after --skip)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N objects (shards run in parallel)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="REPORT",
+                        help="merge reports of disjoint shards into --out instead of evaluating")
     parser.add_argument("--stop-iou", type=float, help="the robot stops once a mask reaches this IoU "
                         "(NoC/NoF at lower thresholds are unchanged; curves hold their last value)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
@@ -162,7 +188,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"))
     parser.add_argument("--plot", type=Path, help="mIoU-vs-clicks PNG (default: beside --out)")
     args = parser.parse_args(argv)
-    if not (args.dataset / "masks").is_dir():
+    if args.merge:
+        try:
+            report = merge_reports([json.loads(p.read_text()) for p in args.merge])
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"--merge: {exc}")
+        return _write(report, args.out, args.plot)
+    if args.dataset is None or not (args.dataset / "masks").is_dir():
         parser.error(f"{args.dataset} has no masks/ folder")
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -177,13 +209,17 @@ def main(argv=None) -> int:
     predictor = load_predictor(args.weights, args.device) if modes else None
     peers = [p for p in args.peers.split(",") if p]
     report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit,
-                              stop_iou=args.stop_iou)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    plot = args.plot or args.out.with_suffix(".png")
+                              stop_iou=args.stop_iou, skip=args.skip)
+    return _write(report, args.out, args.plot)
+
+
+def _write(report: dict, out: Path, plot: Path | None) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    plot = plot or out.with_suffix(".png")
     plot_curves(report, plot)
     print(format_table(report))
-    print(f"\nweights: {report['weights']}; report: {args.out}; plot: {plot}")
+    print(f"\nweights: {report['weights']}; report: {out}; plot: {plot}")
     return 0
 
 
