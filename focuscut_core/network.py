@@ -180,19 +180,32 @@ class FocusCutNet(nn.Module):
 def widen_first_conv(backbone: nn.Module, in_channels: int) -> None:
     """Replace the backbone's first conv by one taking ``in_channels``, keeping its RGB filters.
 
-    The extra input channels get small random filters, so an input whose extra channels are
-    zero gives exactly the output of the original 3-channel backbone.
+    The extra input channels keep the random filters of a new conv (PyTorch's default scale, as
+    the reference): as strong as the RGB filters, so the clicks reach the network from the first
+    step. An input whose extra channels are zero gives exactly the 3-channel backbone's output.
     """
     owner, index = backbone.first_conv_owner()
     old: nn.Conv2d = owner[index]
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
                     old.dilation, old.groups, old.bias is not None)
     with torch.no_grad():
-        nn.init.normal_(new.weight, std=0.01)
         new.weight[:, : old.in_channels] = old.weight
         if old.bias is not None:
             new.bias.copy_(old.bias)
     owner[index] = new
+
+
+def redraw_input_filters(net: FocusCutNet, channels, seed: int = 0) -> None:
+    """Draw the first conv's filters of input ``channels`` anew at PyTorch's default scale (as
+    ``widen_first_conv``), e.g. the click maps of a network first widened with filters too small
+    for the clicks to matter; the other filters are kept."""
+    conv = first_conv(net)
+    fresh = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=False)
+    torch.manual_seed(seed)
+    fresh.reset_parameters()
+    with torch.no_grad():
+        for c in channels:
+            conv.weight[:, c] = fresh.weight[:, c]
 
 
 def first_conv(net: FocusCutNet) -> nn.Conv2d:

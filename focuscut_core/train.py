@@ -28,7 +28,7 @@ from .data import data_root, list_samples, load_sample
 from .network import FocusCutNet, NetworkSpec, build_network, select_device
 from .predictor import network_input
 from .simulation import View, augment, focus_patch, global_clicks
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 # Sampling weight of each training source (see ../shared/data/train/README.md): diverse objects
 # (COCO) most, "stuff" regions (BSDS) and narrow domains (one person, one pet breed set, horses)
@@ -63,6 +63,7 @@ class TrainConfig:
     source_weights: dict = field(default_factory=lambda: dict(DEFAULT_SOURCE_WEIGHTS))
     seed: int = 0
     checkpoint_minutes: float = 5.0
+    init_from: str = ""  # a weights file to start from instead of the ImageNet backbone
 
     @property
     def steps_per_epoch(self) -> int:
@@ -254,7 +255,12 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
         config = TrainConfig.from_dict(state["config"])
     config_path.write_text(json.dumps(asdict(config), indent=2))
     device = device or select_device()
-    net = build_network(NetworkSpec(backbone=config.backbone), imagenet=False if state else (imagenet or True))
+    if state is None and config.init_from:
+        net, _ = load_weights(config.init_from)
+        if net.spec.backbone != config.backbone:
+            raise ValueError(f"{config.init_from} is a {net.spec.backbone} network, the run wants {config.backbone}")
+    else:
+        net = build_network(NetworkSpec(backbone=config.backbone), imagenet=False if state else (imagenet or True))
     trainer = Trainer(net, config, device, training_sources(data_root(), config.source_weights))
     if state is not None:
         trainer.load_state_dict(state)

@@ -7,7 +7,7 @@ from torchvision import models
 
 from focuscut_core.network import (
     MOBILENET_V2_SHA256, FocusCutNet, NetworkSpec, build_network, find_mobilenet_imagenet_file, first_conv,
-    load_imagenet_backbone, select_device,
+    load_imagenet_backbone, redraw_input_filters, select_device,
 )
 from focuscut_core.weights import DEFAULT_WEIGHTS, load_predictor, load_weights, save_weights
 
@@ -53,7 +53,23 @@ def test_widened_first_conv_with_zero_extra_channels_reproduces_pretrained_featu
         theirs_low = reference.features[:4](rgb)
     assert first_conv(net).in_channels == 6
     torch.testing.assert_close(ours_low, theirs_low, rtol=1e-5, atol=1e-5)
-    assert first_conv(net).weight[:, 3:].abs().max() > 0  # extra channels are not dead
+    weight = first_conv(net).weight
+    # the click and mask filters are as strong as the RGB ones, so the clicks count from the start
+    assert weight[:, 3:].abs().mean() > 0.3 * weight[:, :3].abs().mean()
+
+
+def test_redrawn_input_filters_change_only_those_channels():
+    net = build_network(imagenet=False)
+    with torch.no_grad():
+        first_conv(net).weight[:, 3:5] *= 0.01  # filters too small for the clicks to matter
+    before = first_conv(net).weight.detach().clone()
+    redraw_input_filters(net, (3, 4), seed=0)
+    after = first_conv(net).weight.detach()
+    torch.testing.assert_close(after[:, [0, 1, 2, 5]], before[:, [0, 1, 2, 5]])
+    assert after[:, 3:5].abs().mean() > 20 * before[:, 3:5].abs().mean()
+    other = build_network(imagenet=False)
+    redraw_input_filters(other, (3, 4), seed=0)
+    torch.testing.assert_close(first_conv(other).weight[:, 3:5], after[:, 3:5])  # seeded
 
 
 def test_resnet_without_imagenet_file_says_where_it_looked(tmp_path):

@@ -10,6 +10,7 @@ from core_fixtures import blob_image
 from focuscut_core.network import FocusCutNet, NetworkSpec
 from focuscut_core.simulation import augment, degrade_mask, focus_patch, global_clicks
 from focuscut_core.train import TrainConfig, Trainer, WeightedSources, fine_tune, main, masked_bce
+from focuscut_core.weights import load_weights, save_weights
 
 
 def test_focus_patch_centre_click_has_the_ground_truth_polarity():
@@ -195,3 +196,20 @@ def test_cli_holds_a_source_out_and_records_scale_settings(tmp_path, monkeypatch
         with pytest.raises(SystemExit) as exit_info:
             main(args + ["--source-weight", bad])
         assert exit_info.value.code == 2
+
+
+def test_a_new_run_can_start_from_a_weights_file(tmp_path, monkeypatch):
+    _write_dataset(tmp_path / "data")
+    monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("focuscut_core.train.DEFAULT_SOURCE_WEIGHTS", {"alpha": 1.0, "beta": 1.0})
+    torch.manual_seed(3)
+    start = FocusCutNet(NetworkSpec())
+    save_weights(tmp_path / "start.pt", start, {"version": "start"}, half=False)
+    run = tmp_path / "run"
+    assert main(["--run-dir", str(run), "--crop-size", "64", "--batch-size", "2", "--device", "cpu",
+                 "--init-from", str(tmp_path / "start.pt"), "--steps", "0"]) == 0
+    net, _ = load_weights(run / "weights.pt")
+    for name, value in start.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(net.state_dict()[name], value, atol=1e-3, rtol=1e-3)  # stored in fp16
+    assert json.loads((run / "config.json").read_text())["init_from"] == str(tmp_path / "start.pt")
