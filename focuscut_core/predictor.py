@@ -44,22 +44,26 @@ class Predictor:
     net: FocusCutNet
     device: torch.device = field(default_factory=select_device)
     version: str = "untrained"
+    max_batch: int = 3  # inputs per network pass: bounds the activations held (a fast-PFS point is 3 crops)
 
     def __post_init__(self):
         self.net = self.net.to(self.device).eval()
         self._lock = threading.Lock()
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities (h x w float32) for each ``(6, h, w)`` input; same sizes run as one batch."""
+        """Probabilities (h x w float32) for each ``(6, h, w)`` input; same sizes run batched, at
+        most ``max_batch`` at a time."""
         outputs: list[np.ndarray | None] = [None] * len(inputs)
         by_size: dict[tuple, list[int]] = {}
         for i, x in enumerate(inputs):
             by_size.setdefault(x.shape, []).append(i)
         with self._lock:
-            for indices in by_size.values():
-                probs = self._probabilities(np.stack([inputs[i] for i in indices]))
-                for i, p in zip(indices, probs):
-                    outputs[i] = p
+            for same_size in by_size.values():
+                for start in range(0, len(same_size), self.max_batch):
+                    indices = same_size[start:start + self.max_batch]
+                    probs = self._probabilities(np.stack([inputs[i] for i in indices]))
+                    for i, p in zip(indices, probs):
+                        outputs[i] = p
         return outputs
 
     def _probabilities(self, batch: np.ndarray) -> np.ndarray:
