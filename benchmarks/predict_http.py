@@ -106,7 +106,7 @@ def main():
                "clicks": args.clicks, "sequences": args.sequences, "machine": platform.platform(),
                "cpu_count": os.cpu_count(), "omp_threads": args.threads, "configs": {}}
     with image_server({UPLOAD: png_bytes(image)}) as ls, redis_server() as redis_url:
-        for name in args.configs.split(","):
+        for n_config, name in enumerate(args.configs.split(",")):
             tmp = Path(tempfile.mkdtemp(prefix="focuscut-bench-"))
             env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "bench", "OMP_NUM_THREADS": args.threads,
                    "FOCUSCUT_CACHE_DIR": str(tmp / "images"), "FOCUSCUT_MODEL_DIR": str(tmp / "models"),
@@ -116,7 +116,8 @@ def main():
             with gunicorn_server(env=env, workers=1, threads=1) as g:
                 rows = []
                 for s in range(args.sequences):
-                    seq = run_sequence(g.url, 1000 * (s + 1), image, gt, args.clicks)
+                    # task ids of their own: no configuration continues another's stored sessions
+                    seq = run_sequence(g.url, 1000 * (n_config + 1) + s, image, gt, args.clicks)
                     rows += [{**r, "sequence": s} for r in seq]
                     print(f"{name}: sequence {s + 1}/{args.sequences}: "
                           + " ".join(f"{r['e2e_s']:.2f}" for r in seq) + " s", flush=True)
