@@ -27,7 +27,7 @@ from .predictor import Predictor, view_input
 from .views import PAD_RGB, Box, as_rgb_uint8, crop_square, resize, short_side_size, square_overlap, zoom_in_box
 
 MODES = ("global", "focus", "pfs", "fast_pfs")
-STATE_FORMAT = 2
+STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -278,23 +278,19 @@ class Session:
 
     # --- state --------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The session's state (not the image, not the undo history) as bytes: a JSON header, then
-        one zlib stream of the probabilities and each stored focus result's mask and patch."""
-        results = list(self._focus_results.items())
+        """The session's state as bytes: a JSON header, then the zlib-compressed probabilities. Not
+        the image, the undo history or the focus results kept for reuse (they can be as large as
+        the image several times over; a restored session re-runs its focus points once)."""
         header = {
             "format": STATE_FORMAT,
             "shape": [self.height, self.width],
             "clicks": [c.to_list() for c in self.clicks],
             "zoom_box": self._now.zoom_box,
             "focus_points": self._now.focus_points,
-            "focus_results": [[list(p), [list(c) for c in r.clicks]] for p, r in results],
             "config": asdict(self.config),
         }
         head = json.dumps(header).encode()
-        arrays = [self._now.probs.tobytes()]
-        for _, r in results:
-            arrays += [np.packbits(r.prev).tobytes(), r.patch.tobytes()]
-        return len(head).to_bytes(4, "big") + head + zlib.compress(b"".join(arrays), 1)
+        return len(head).to_bytes(4, "big") + head + zlib.compress(self._now.probs.tobytes(), 1)
 
     @classmethod
     def from_bytes(cls, predictor: Predictor, image: np.ndarray, data: bytes,
@@ -303,21 +299,13 @@ class Session:
         try:
             size = int.from_bytes(data[:4], "big")
             header = json.loads(data[4:4 + size])
-            blob = memoryview(zlib.decompress(data[4 + size:]))
+            probs = np.frombuffer(zlib.decompress(data[4 + size:]), np.uint8)
             if header.get("format") != STATE_FORMAT:
                 raise ValueError(f"session state format {header.get('format')} is not {STATE_FORMAT}")
             session = cls(predictor, image, config or InferenceConfig(**header["config"]))
-            if [session.height, session.width] != header["shape"]:
+            if [session.height, session.width] != header["shape"] or probs.size != session.height * session.width:
                 raise ValueError(f"session state is for a {header['shape']} image, not {session.height}x{session.width}")
-            reader = _Reader(blob)
-            probs = reader.take(session.height * session.width).reshape(session.height, session.width)
-            for point, clicks in header["focus_results"]:
-                side = 2 * int(point[2]) + 1
-                prev = np.unpackbits(reader.take((side * side + 7) // 8), count=side * side).astype(bool)
-                session._focus_results[tuple(point)] = _FocusResult(
-                    prev.reshape(side, side), tuple(tuple(c) for c in clicks), reader.take(side * side).reshape(side, side))
-            if reader.left:
-                raise ValueError(f"{reader.left} bytes too many")
+            probs = probs.reshape(session.height, session.width).copy()
             session.clicks = [Click.from_list(c) for c in header["clicks"]]
             box = header["zoom_box"]
             session._now = _Snapshot(probs, tuple(box) if box else None, [tuple(p) for p in header["focus_points"]])
@@ -333,24 +321,6 @@ def replay(predictor: Predictor, image: np.ndarray, clicks, config: InferenceCon
     for c in clicks:
         session.add_click(c)
     return session
-
-
-class _Reader:
-    """Consecutive uint8 arrays out of one buffer; ValueError when it runs short."""
-
-    def __init__(self, blob: memoryview):
-        self.blob, self.at = blob, 0
-
-    def take(self, n: int) -> np.ndarray:
-        if self.at + n > len(self.blob):
-            raise ValueError("session state is truncated")
-        out = np.frombuffer(self.blob[self.at:self.at + n], np.uint8).copy()
-        self.at += n
-        return out
-
-    @property
-    def left(self) -> int:
-        return len(self.blob) - self.at
 
 
 def _quantise(probs: np.ndarray) -> np.ndarray:

@@ -211,11 +211,13 @@ def test_a_click_reaching_a_focus_crop_re_runs_it():
     assert stale == runs >= 1 and pred.calls[1] == 3 * stale
 
 
-def test_stored_focus_results_survive_a_state_round_trip():
+def test_a_restored_session_re_runs_its_focus_points_once_then_reuses_them():
     pred = ScriptedPredictor(_discs_at_positive_clicks)
     image, session = _focused_session(pred)
     restored = Session.from_bytes(pred, image, session.to_bytes())
     for s in (session, restored):
         s.add_click(Click(100.5, 250.5))
-    assert restored.focus_runs == (1, 0)
+    assert session.focus_runs == (1, 0) and restored.focus_runs == (1, 1)
     np.testing.assert_array_equal(restored.probabilities, session.probabilities)
+    restored.add_click(Click(150.5, 250.5))
+    assert restored.focus_runs == (1, 0)
