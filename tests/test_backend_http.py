@@ -3,6 +3,7 @@ returned mask is compared with the core's own Session on the same image and clic
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
@@ -63,9 +64,9 @@ def post(url: str, body, **kw) -> requests.Response:
     return requests.post(url, json=body, timeout=120, **kw)
 
 
-def click_request(url: str, pixels, image_url: str = UPLOAD, label: str = "Cat", size=(H, W), **kw):
+def click_request(url: str, pixels, image_url: str = UPLOAD, label: str = "Cat", size=(H, W), task_id: int = 7, **kw):
     results = clicks_at(pixels, size[0], size[1], label)
-    return post(url + "/predict", predict_body([task(7, image_url)], results, **kw))
+    return post(url + "/predict", predict_body([task(task_id, image_url)], results, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -264,15 +265,16 @@ def test_two_workers_share_sessions_through_redis(tmp_path, predictor):
     with redis_server() as redis_url, image_server({UPLOAD: png_bytes(IMAGE)}) as ls, \
             gunicorn_server(env=base_env(tmp_path, ls.url, REDIS_URL=redis_url, FOCUSCUT_LIVE_SESSIONS="0"),
                             workers=2, threads=1) as g:
-        pids = set()
+        pids, new_tasks = set(), itertools.count(100)
         for _ in range(10):  # no /setup anywhere: both sync workers answer /predict
-            for resp in _concurrently(lambda: click_request(g.url, SEQUENCE[:1])):
+            # new tasks: each request computes (a cached one is so quick that one worker may take both)
+            for resp in _concurrently(lambda: click_request(g.url, SEQUENCE[:1], task_id=next(new_tasks))):
                 assert resp.status_code == 200, resp.text
                 pids.add(stats(resp)["pid"])
             if len(pids) == 2:
                 break
         assert len(pids) == 2
-        for n in range(2, len(SEQUENCE) + 1):
+        for n in range(1, len(SEQUENCE) + 1):
             resp = click_request(g.url, SEQUENCE[:n])
             assert (stats(resp)["cache"], stats(resp)["steps"], stats(resp)["cache_hit_clicks"]) == ("redis", 1, n - 1)
         last_pid = stats(resp)["pid"]
