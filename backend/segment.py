@@ -118,8 +118,7 @@ class Segmenter:
         stats["live_session"] = session is not None
         if session is not None:
             session.predictor = predictor
-        found = self.store.get_many(keys[start:]) if start < len(keys) else []
-        found = [None] * start + found
+        found = [None] * start + self.store.get_many(keys[start:])
         for k in range(len(keys), start, -1):
             if found[k - 1] is None:
                 continue

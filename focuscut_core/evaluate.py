@@ -127,8 +127,8 @@ def merge_reports(reports: list[dict]) -> dict:
     """One report from reports of disjoint parts of a dataset (same methods and settings)."""
     first = reports[0]
     for other in reports[1:]:
-        same = [other[k] == first[k] for k in ("dataset", "max_clicks", "stop_iou", "weights")]
-        if not all(same) or set(other["per_image"]) != set(first["per_image"]):
+        if any(other[k] != first[k] for k in ("dataset", "max_clicks", "stop_iou", "weights")) \
+                or set(other["per_image"]) != set(first["per_image"]):
             raise ValueError("reports differ in dataset, settings, weights or methods: cannot merge")
     records = {name: [r for rep in reports for r in rep["per_image"][name]] for name in first["per_image"]}
     images = [r["image"] for r in next(iter(records.values()))]

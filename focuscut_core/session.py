@@ -174,7 +174,8 @@ class Session:
         if self.config.max_focus_points is not None:
             points = points[len(points) - self.config.max_focus_points:] if self.config.max_focus_points else []
         global_mask = global_probs >= 0.5
-        inputs = {p: (crop_square(global_mask, *p, False), self._clicks_reaching(p)) for p in points}
+        # views where the crop lies inside: this click's global mask is never written again
+        inputs = {p: (crop_square(global_mask, *p, False, copy=False), self._clicks_reaching(p)) for p in points}
         stale = [p for p in dict.fromkeys(points) if not self._reusable(p, *inputs[p])]
         if stale:
             if self.config.mode == "fast_pfs":

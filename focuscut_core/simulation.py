@@ -28,10 +28,10 @@ class View:
 
 def augment(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator,
             scale_range=(0.75, 1.4), min_object_px: int = 64, tries: int = 10,
-            short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            short_side: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random scale, horizontal flip and a ``size``-square crop holding part of the object.
 
-    The image is scaled so its short side is ``short_side`` (default ``size``) pixels times a factor
+    The image is scaled so its short side is ``short_side`` (0: ``size``) pixels times a factor
     from ``scale_range``; the crop is padded with the mean colour (mask: ignored) where the image is
     smaller. A ``short_side`` above ``size`` trains on smaller crops at the inference scale.
     """

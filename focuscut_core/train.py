@@ -132,8 +132,7 @@ class Trainer:
         global_views, focus_views = [], []
         while len(global_views) < cfg.batch_size:
             image, mask = self.sources.draw(rng)
-            rgb, gt = augment(image, mask, cfg.crop_size, rng, cfg.scale_range,
-                                  short_side=cfg.short_side or None)
+            rgb, gt = augment(image, mask, cfg.crop_size, rng, cfg.scale_range, short_side=cfg.short_side)
             patch = focus_patch(image, mask, cfg.crop_size, rng, cfg.alpha, cfg.beta,
                                 cfg.focus_max_pos, cfg.focus_max_neg)
             clicks = global_clicks(gt, rng)
