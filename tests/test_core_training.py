@@ -87,10 +87,10 @@ def test_masked_bce_ignores_128():
     assert masked_bce(logits, torch.full((1, 2, 2), 128, dtype=torch.uint8)).item() == 0.0
 
 
-def _tiny_trainer(seed=0):
+def _tiny_trainer(seed=0, **settings):
     torch.manual_seed(seed)
     image, gt = blob_image(80, 100)
-    config = TrainConfig(crop_size=64, batch_size=2, epoch_samples=4, itis_prob=1.0, itis_max_iters=1)
+    config = TrainConfig(crop_size=64, batch_size=2, epoch_samples=4, itis_prob=1.0, itis_max_iters=1, **settings)
     sources = WeightedSources({"blob": [(image, gt)]}, {"blob": 1.0}, loader=lambda pair: pair)
     return Trainer(FocusCutNet(NetworkSpec()), config, torch.device("cpu"), sources)
 
@@ -108,6 +108,23 @@ def test_resume_repeats_the_uninterrupted_run_exactly():
     assert resumed.step == straight.step == 2
     for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_adam_trains_the_backbone_at_a_lower_lr_and_the_new_parts_at_the_full_lr():
+    trainer = _tiny_trainer(optimizer="adam", lr=1e-3, backbone_lr_mult=0.1)
+    before = {name: p.detach().clone() for name, p in trainer.net.named_parameters()}
+    trainer.run_step()
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    slow, fast = trainer.optimizer.param_groups
+    assert slow["lr"] == pytest.approx(1e-4) and fast["lr"] == pytest.approx(1e-3)
+    first_conv_weight = trainer.net.backbone.low[0][0].weight
+    assert any(p is first_conv_weight for p in fast["params"])  # its click filters are new
+    assert len(slow["params"]) + len(fast["params"]) == len(before)
+    # Adam's first step moves each weight by about its lr: the click filters ~10x more than the backbone's
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in trainer.net.named_parameters()}
+    assert moved["backbone.low.0.0.weight"] > 5e-4 and moved["backbone.high.7.conv.0.0.weight"] < 2e-4
+    with pytest.raises(ValueError, match="optimizer"):
+        _tiny_trainer(optimizer="rmsprop")
 
 
 def test_lr_decays_per_epoch():
