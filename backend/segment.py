@@ -7,17 +7,15 @@ and encoding the RLE; how many clicks were replayed ("steps") and network calls 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict
 
 import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
 
 from focuscut_core import InferenceConfig, Session
 
-from . import labeling, session_store
+from . import brush_rle, labeling, session_store
 from .errors import RequestError
 from .images import ImageFetcher
 from .registry import PredictorCache
@@ -55,11 +53,6 @@ def _image_data_url(task, config: labeling.LabelConfig, image_tag: str):
     return data[key]
 
 
-def _score(session: Session) -> float:
-    mask = session.mask
-    return float(session.probabilities[mask].mean()) if mask.any() else 0.0
-
-
 class Segmenter:
     """Click-to-mask for a process: shares the predictors, the image fetcher and the session store."""
 
@@ -85,19 +78,19 @@ class Segmenter:
         predictor = self.predictors.get(project)
 
         t = time.perf_counter()
-        image = self.fetcher.load(reference)
+        image, image_digest = self.fetcher.load_with_digest(reference)
         stats["fetch_s"] = time.perf_counter() - t
         height, width = image.shape[:2]
         clicks = labeling.to_clicks(clicked.points, height, width)
 
         counted = _CountingPredictor(predictor)
-        session = self._session(counted, image, clicks, task.get("id"), clicked.label, stats)
+        session = self._session(counted, image, image_digest, clicks, task.get("id"), clicked.label, stats)
         stats.update(net_calls=counted.calls, net_s=counted.seconds)
 
         t = time.perf_counter()
-        rle = mask2rle(session.mask.astype(np.uint8) * 255)
+        rle = brush_rle.encode(session.mask)
         stats["rle_s"] = time.perf_counter() - t
-        score = _score(session)
+        score = session.confidence
         stats["total_s"] = time.perf_counter() - t_start
         region = {
             "from_name": brush.name, "to_name": clicked.image, "type": "brushlabels",
@@ -107,9 +100,10 @@ class Segmenter:
         }
         return {"result": [region], "score": score, "model_version": predictor.version}
 
-    def _session(self, predictor, image: np.ndarray, clicks, task_id, label: str, stats: dict) -> Session:
+    def _session(self, predictor, image: np.ndarray, image_digest: str, clicks, task_id, label: str,
+                 stats: dict) -> Session:
         """The session after ``clicks``: continued from the longest stored prefix, else replayed."""
-        scope = {"task": task_id, "image": hashlib.blake2b(image.data, digest_size=16).hexdigest(),
+        scope = {"task": task_id, "image": image_digest,
                  "shape": image.shape, "version": predictor.version, "config": asdict(self.config),
                  "label": label}
         keys = session_store.prefix_keys(scope, clicks)

@@ -101,6 +101,12 @@ class Session:
         return self._now.probs >= 128
 
     @property
+    def confidence(self) -> float:
+        """Mean probability inside the mask, 0 when it is empty."""
+        inside = self._now.probs[self._now.probs >= 128]
+        return float(inside.mean()) / 255.0 if inside.size else 0.0
+
+    @property
     def focus_points(self) -> list[tuple[int, int, int]]:
         return list(self._now.focus_points)
 

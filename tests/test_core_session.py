@@ -41,6 +41,17 @@ def test_state_round_trip_continues_exactly(predictor, mode):
     np.testing.assert_array_equal(replay(predictor, image, clicks, InferenceConfig(mode=mode, **SMALL)).mask, full.mask)
 
 
+def test_confidence_is_the_mean_probability_inside_the_mask():
+    ramp = np.linspace(0.0, 1.0, 48 * 64, dtype=np.float32).reshape(48, 64)
+    session = Session(ScriptedPredictor(lambda x: ramp[:x.shape[1], :x.shape[2]]), np.zeros((48, 64, 3), np.uint8),
+                      InferenceConfig(mode="global", short_side=48))
+    assert session.confidence == 0.0
+    session.add_click(Click(40.5, 60.5, True))
+    inside = session.probabilities[session.mask]
+    assert 0.5 <= inside.min() and session.confidence == pytest.approx(inside.mean(), abs=1e-6)
+    assert session.confidence == pytest.approx(0.75, abs=0.01)  # the upper half of a 0..1 ramp
+
+
 def test_undo_returns_previous_mask_also_after_restore(predictor):
     image, gt = blob_image()
     session = robot_clicks(predictor, image, gt, 3, "fast_pfs")
