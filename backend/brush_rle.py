@@ -1,7 +1,7 @@
 """Label Studio's brush RLE, encoded with whole-array numpy operations.
 
 The bytes are exactly those of ``label_studio_sdk.converter.brush.mask2rle`` (which builds a
-Python string of bits run by run: 12 ms for a 1 MP mask, 0.1 s and more at 12 MP), for masks
+Python string of bits run by run: about 7 ms for a 1 MP mask, 58 ms at 12 MP), for masks
 whose RGBA pixels are the mask value repeated 4 times. The format: a 32-bit count of bytes
 (4 per pixel), the word size minus 1 in 5 bits, the 4 run-length field widths minus 1 in 4 bits
 each (3, 4, 8, 16), then one token per run of equal bytes, ``1, width index (2 bits), run length
