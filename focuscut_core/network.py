@@ -158,6 +158,7 @@ class NetworkSpec:
     backbone: str = "mobilenetv2"
     aspp_rates: tuple[int, int, int] = (5, 9, 14)  # (6, 12, 18) at 512 scaled to a 384 input
     separable: bool = True  # depthwise-separable 3x3 convs in ASPP and decoder (DeepLabv3+ paper)
+    input_size: int = 384  # side (px) of the square crops it was trained on; inference views default to it
 
 
 class FocusCutNet(nn.Module):

@@ -50,6 +50,11 @@ class Predictor:
         self.net = self.net.to(self.device).eval()
         self._lock = threading.Lock()
 
+    @property
+    def input_size(self) -> int:
+        """Side (px) of the crops the network was trained on: the default size of inference views."""
+        return self.net.spec.input_size
+
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities (h x w float32) for each ``(6, h, w)`` input; same sizes run batched, at
         most ``max_batch`` at a time."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -35,9 +35,10 @@ class InferenceConfig:
     """Inference settings; the defaults are the paper's."""
 
     mode: str = "fast_pfs"  # one of MODES: global view only, + focus view, + PFS, + fast PFS
-    short_side: int = 384  # global view: short side of the network input, px
+    short_side: int | None = None  # global view: short side of the network input, px (None: the
+    # network's training crop size, so objects fill the view as they filled its training crops)
     max_long_side: int = 1280  # global view: cap on the long side for extreme aspect ratios, px
-    focus_size: int = 384  # side of the focus view's network input, px
+    focus_size: int | None = None  # side of the focus view's network input, px (None: the training crop size)
     zoom_expand: float = 0.4  # Zoom-In: side = max(bh, bw) + zoom_expand * min(bh, bw)
     zoom_min_ratio: float = 0.5  # Zoom-In: side >= zoom_min_ratio * min(H, W)
     lam: float = 0.2  # Algorithm 2: focus only if the changed region < lam * object area
@@ -55,6 +56,10 @@ class InferenceConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def sized_for(self, input_size: int) -> "InferenceConfig":
+        """This config with unset view sizes set to a network's training crop size (px)."""
+        return replace(self, short_side=self.short_side or input_size, focus_size=self.focus_size or input_size)
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Session:
 
     def __init__(self, predictor: Predictor, image: np.ndarray, config: InferenceConfig = InferenceConfig()):
         self.predictor = predictor
-        self.config = config
+        self.config = config.sized_for(predictor.input_size)
         self.image = as_rgb_uint8(image)
         self.height, self.width = self.image.shape[:2]
         self.clicks: list[Click] = []

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +252,8 @@ def fine_tune(net: FocusCutNet, samples: list, config: TrainConfig | None = None
     scheme, for at most ``max_steps`` steps and ``max_seconds``; ``progress(step, loss)`` after each
     step. Returns ``net`` in eval mode."""
     config = config or TrainConfig(lr=1e-3, batch_size=4, epoch_samples=max(4, len(samples)),
-                                   crop_size=256, short_side=384, scale_range=(0.6, 1.25), itis_max_iters=2)
+                                   crop_size=net.spec.input_size, short_side=384, scale_range=(0.6, 1.25),
+                                   itis_max_iters=2)
     sources = WeightedSources({"project": list(samples)}, {"project": 1.0}, loader=lambda pair: pair)
     trainer = Trainer(net, config, device or next(net.parameters()).device, sources)
     deadline = time.monotonic() + max_seconds
@@ -279,6 +280,7 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
             raise ValueError(f"{config.init_from} is a {net.spec.backbone} network, the run wants {config.backbone}")
     else:
         net = build_network(NetworkSpec(backbone=config.backbone), imagenet=False if state else (imagenet or True))
+    net.spec = replace(net.spec, input_size=config.crop_size)  # inference views default to it
     trainer = Trainer(net, config, device, training_sources(data_root(), config.source_weights))
     if state is not None:
         trainer.load_state_dict(state)

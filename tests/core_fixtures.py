@@ -15,8 +15,8 @@ class ScriptedPredictor(Predictor):
     """A real Predictor whose outputs are a function of its inputs: ``fn(x (6, h, w)) -> (h, w)``.
     Lets a test steer the session's control flow; records how many inputs each call got."""
 
-    def __init__(self, fn):
-        super().__init__(FocusCutNet(NetworkSpec()), torch.device("cpu"), version="scripted")
+    def __init__(self, fn, input_size: int = 384):
+        super().__init__(FocusCutNet(NetworkSpec(input_size=input_size)), torch.device("cpu"), version="scripted")
         self.fn, self.calls = fn, []
 
     def __call__(self, inputs):

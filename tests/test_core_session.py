@@ -181,6 +181,20 @@ def test_focus_patch_replaces_global_probabilities_inside_the_crop():
         assert probs[outside].max() <= 0.2 + 1 / 255
 
 
+def test_views_default_to_the_networks_training_crop_size():
+    shapes = []
+    pred = ScriptedPredictor(lambda x: shapes.append(x.shape[1:]) or np.full(x.shape[1:], 0.9 if x.shape[1] == x.shape[2] else 0.2),
+                             input_size=64)
+    image = np.zeros((100, 300, 3), np.uint8)
+    session = Session(pred, image, InferenceConfig(mode="focus", min_radius=5))
+    session.add_click(Click(50, 150))
+    session.add_click(Click(50, 20, False))
+    assert (session.config.short_side, session.config.focus_size) == (64, 64)
+    assert shapes[0] == (64, 192) and shapes[-1] == (64, 64)  # the global view, then a focus crop
+    explicit = Session(pred, image, InferenceConfig(short_side=96, focus_size=80))
+    assert (explicit.config.short_side, explicit.config.focus_size) == (96, 80)
+
+
 def _discs_at_positive_clicks(x):
     return (x[3] > 0.01).astype(np.float32)  # the positive click map: a disc around each click
 

@@ -167,6 +167,7 @@ def test_cli_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
     lines = (run / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert (tmp_path / "model.pt").is_file() and (run / "weights.pt").is_file()
+    assert load_weights(tmp_path / "model.pt")[0].spec.input_size == 64  # inference views default to it
 
 
 def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
