@@ -137,6 +137,36 @@ def merge_reports(reports: list[dict]) -> dict:
     return report_of(first["dataset"], first["max_clicks"], first["stop_iou"], first["weights"], records)
 
 
+def paired_noc_gap(ours: list[dict], theirs: list[dict], threshold: float, max_clicks: int,
+                   resamples: int = 10000, seed: int = 0) -> dict:
+    """How many fewer clicks ``ours`` needs than ``theirs`` on the same images (per-image records
+    in the same order): the mean NoC gap (theirs - ours; > 0: ours is better), its 95 % paired
+    bootstrap interval, and the images where ours needs fewer / more / as many clicks."""
+    if [r["image"] for r in ours] != [r["image"] for r in theirs]:
+        raise ValueError("the two methods' records are not of the same images in the same order")
+    gap = np.array([noc(t["iou"], threshold, max_clicks) - noc(o["iou"], threshold, max_clicks)
+                    for o, t in zip(ours, theirs)], float)
+    means = gap[np.random.default_rng(seed).integers(0, gap.size, (resamples, gap.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"gap": float(gap.mean()), "ci95": [float(low), float(high)], "fewer": int((gap > 0).sum()),
+            "more": int((gap < 0).sum()), "same": int((gap == 0).sum())}
+
+
+def peer_comparisons(report: dict) -> list[str]:
+    """One line per (FocusCut mode, peer) pair of a report: the paired NoC@90 gap."""
+    names = list(report["per_image"])
+    lines = []
+    for ours in (n for n in names if n.startswith("focuscut:")):
+        for theirs in (n for n in names if not n.startswith("focuscut:")):
+            c = paired_noc_gap(report["per_image"][ours], report["per_image"][theirs], 0.90, report["max_clicks"])
+            verdict = ("clearly fewer" if c["ci95"][0] > 0 else "clearly more" if c["ci95"][1] < 0
+                       else "no clear difference")
+            lines.append(f"{ours} vs {theirs}: {c['gap']:+.2f} clicks fewer to 90 % IoU on average (95 % paired "
+                         f"bootstrap {c['ci95'][0]:+.2f}..{c['ci95'][1]:+.2f}: {verdict}); fewer on {c['fewer']} "
+                         f"images, more on {c['more']}, as many on {c['same']}")
+    return lines
+
+
 def format_table(report: dict) -> str:
     """A Markdown table of a report's methods."""
     head = "| method | NoC@85 | NoC@90 | NoF@85 | NoF@90 | mIoU@1 | mIoU@5 | BIoU@5 | ASSD@5 | s/click |"
@@ -219,6 +249,8 @@ def _write(report: dict, out: Path, plot: Path | None) -> int:
     plot = plot or out.with_suffix(".png")
     plot_curves(report, plot)
     print(format_table(report))
+    for line in peer_comparisons(report):
+        print(line)
     print(f"\nweights: {report['weights']}; report: {out}; plot: {plot}")
     return 0
 

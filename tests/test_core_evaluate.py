@@ -6,7 +6,8 @@ import pytest
 
 from core_fixtures import blob_image, tiny_predictor
 from focuscut_core.data import data_root, list_samples, load_sample
-from focuscut_core.evaluate import evaluate_dataset, evaluate_samples, main, robot_run, summarise
+from focuscut_core.evaluate import (evaluate_dataset, evaluate_samples, main, paired_noc_gap, peer_comparisons,
+                                    robot_run, summarise)
 from focuscut_core.network import FocusCutNet, NetworkSpec
 from focuscut_core.peers import GrabCutSession
 from focuscut_core.session import InferenceConfig
@@ -130,3 +131,27 @@ def test_grabcut_set_loads_with_ignore_band():
         assert image.shape[:2] == gt.shape
         values |= set(np.unique(gt).tolist())
     assert values <= {0, 128, 255} and {0, 255} <= values
+
+
+def _records(nocs):
+    """Per-image records whose IoU first reaches 0.95 at click ``n`` (20: never)."""
+    return [{"image": str(i), "iou": [0.5] * (n - 1) + [0.95] * (20 - n + 1) if n < 20 else [0.5] * 20}
+            for i, n in enumerate(nocs)]
+
+
+def test_paired_noc_gap_counts_images_and_brackets_the_mean():
+    gap = paired_noc_gap(_records([1, 1, 1, 3]), _records([2, 3, 4, 3]), 0.9, 20)
+    assert gap["gap"] == pytest.approx(1.5)
+    assert (gap["fewer"], gap["more"], gap["same"]) == (3, 0, 1)
+    assert 0.0 <= gap["ci95"][0] <= 1.5 <= gap["ci95"][1] <= 3.0
+    with pytest.raises(ValueError, match="same images"):
+        paired_noc_gap(_records([1, 2]), _records([1, 2])[::-1], 0.9, 20)
+
+
+def test_peer_comparisons_say_whether_the_gap_is_clear():
+    clear = {"max_clicks": 20, "per_image": {"focuscut:global": _records([1] * 10), "grabcut": _records([5] * 10)}}
+    mixed = {"max_clicks": 20, "per_image": {"focuscut:global": _records([1, 9] * 5), "grabcut": _records([5] * 10)}}
+    line, = peer_comparisons(clear)
+    assert line.startswith("focuscut:global vs grabcut: +4.00 clicks fewer") and "clearly fewer" in line
+    assert "fewer on 10 images, more on 0" in line
+    assert "no clear difference" in peer_comparisons(mixed)[0]
