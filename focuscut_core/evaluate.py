@@ -1,7 +1,7 @@
 """Robot-user evaluation (the RITM / FocusCut protocol), FocusCut modes and peers side by side.
 
     python -m focuscut_core.evaluate DATASET_DIR [--weights W] [--modes global,focus,pfs,fast_pfs]
-        [--peers grabcut] [--max-clicks 20] [--stop-iou 0.9] [--skip K] [--limit N]
+        [--peers grabcut] [--max-clicks 20] [--stop-iou 0.9] [--skip K] [--every E] [--limit N] [--view-size PX]
         [--out report.json] [--plot curve.png]
     python -m focuscut_core.evaluate --merge shard1.json shard2.json --out report.json
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +81,11 @@ def evaluate_samples(predictor: Predictor, samples: list, config: InferenceConfi
     return summarise([robot_run(start, image, gt, max_clicks, stop_iou) for image, gt in samples], max_clicks)
 
 
-def methods_for(predictor: Predictor | None, modes, peers) -> dict:
-    """Name -> start(image) for each FocusCut mode and each peer."""
+def methods_for(predictor: Predictor | None, modes, peers, config: InferenceConfig = InferenceConfig()) -> dict:
+    """Name -> start(image) for each FocusCut mode (``config`` in that mode) and each peer."""
     methods = {}
     for mode in modes:
-        config = InferenceConfig(mode=mode)
+        config = replace(config, mode=mode)
         methods[f"focuscut:{mode}"] = lambda image, c=config: Session(predictor, image, c)
     if "grabcut" in peers:
         methods["grabcut"] = GrabCutSession
@@ -93,11 +94,12 @@ def methods_for(predictor: Predictor | None, modes, peers) -> dict:
 
 def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pfs",), peers=("grabcut",),
                      max_clicks: int = 20, limit: int | None = None, log=sys.stderr,
-                     stop_iou: float | None = None, skip: int = 0) -> dict:
-    """Every method on every image of ``dataset`` (the shared layout; ``limit`` objects after the
-    first ``skip``), in one run."""
-    samples = list_samples(dataset)[skip:][:limit]
-    methods = methods_for(predictor, modes, peers)
+                     stop_iou: float | None = None, skip: int = 0, every: int = 1,
+                     config: InferenceConfig = InferenceConfig()) -> dict:
+    """Every method on every image of ``dataset`` (the shared layout; after the first ``skip``
+    objects, every ``every``-th, at most ``limit``), in one run; FocusCut modes use ``config``."""
+    samples = list_samples(dataset)[skip:][::every][:limit]
+    methods = methods_for(predictor, modes, peers, config)
     records = {name: [] for name in methods}
     for i, sample in enumerate(samples, 1):
         image, gt = load_sample(sample)
@@ -209,6 +211,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-clicks", type=int, default=20)
     parser.add_argument("--limit", type=int, help="only the first N objects (after --skip)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N objects (shards run in parallel)")
+    parser.add_argument("--every", type=int, default=1, help="only every N-th object (after --skip)")
+    parser.add_argument("--view-size", type=int, help="global view short side and focus view side, px "
+                        "(default: the network's training crop size)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="REPORT",
                         help="merge reports of disjoint shards into --out instead of evaluating")
     parser.add_argument("--stop-iou", type=float, help="the robot stops once a mask reaches this IoU "
@@ -230,6 +235,8 @@ def main(argv=None) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    if args.every < 1 or (args.view_size is not None and args.view_size < 32):
+        parser.error("--every must be at least 1 and --view-size at least 32 (px)")
     if args.threads:
         import torch
 
@@ -239,7 +246,8 @@ def main(argv=None) -> int:
     predictor = load_predictor(args.weights, args.device) if modes else None
     peers = [p for p in args.peers.split(",") if p]
     report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit,
-                              stop_iou=args.stop_iou, skip=args.skip)
+                              stop_iou=args.stop_iou, skip=args.skip, every=args.every,
+                              config=InferenceConfig(short_side=args.view_size, focus_size=args.view_size))
     return _write(report, args.out, args.plot)
 
 

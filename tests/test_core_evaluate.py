@@ -155,3 +155,14 @@ def test_peer_comparisons_say_whether_the_gap_is_clear():
     assert line.startswith("focuscut:global vs grabcut: +4.00 clicks fewer") and "clearly fewer" in line
     assert "fewer on 10 images, more on 0" in line
     assert "no clear difference" in peer_comparisons(mixed)[0]
+
+
+def test_cli_takes_every_nth_object_at_a_chosen_view_size(tmp_path, capsys):
+    weights = save_weights(tmp_path / "random.pt", FocusCutNet(NetworkSpec()), {"version": "random-test"})
+    out = tmp_path / "r.json"
+    assert main([str(GRABCUT), "--weights", str(weights), "--modes", "global", "--peers", "", "--max-clicks", "1",
+                 "--every", "20", "--view-size", "64", "--out", str(out)]) == 0
+    names = [r["image"] for r in json.loads(out.read_text())["per_image"]["focuscut:global"]]
+    assert names == [s.name for s in list_samples(GRABCUT)[::20]]
+    with pytest.raises(SystemExit):
+        main([str(GRABCUT), "--every", "0"])

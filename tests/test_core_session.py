@@ -183,8 +183,12 @@ def test_focus_patch_replaces_global_probabilities_inside_the_crop():
 
 def test_views_default_to_the_networks_training_crop_size():
     shapes = []
-    pred = ScriptedPredictor(lambda x: shapes.append(x.shape[1:]) or np.full(x.shape[1:], 0.9 if x.shape[1] == x.shape[2] else 0.2),
-                             input_size=64)
+
+    def square_views_say_yes(x):  # focus crops (square) 0.9, global views 0.2: the click focuses
+        shapes.append(x.shape[1:])
+        return np.full(x.shape[1:], 0.9 if x.shape[1] == x.shape[2] else 0.2)
+
+    pred = ScriptedPredictor(square_views_say_yes, input_size=64)
     image = np.zeros((100, 300, 3), np.uint8)
     session = Session(pred, image, InferenceConfig(mode="focus", min_radius=5))
     session.add_click(Click(50, 150))
