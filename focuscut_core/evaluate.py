@@ -85,8 +85,7 @@ def methods_for(predictor: Predictor | None, modes, peers, config: InferenceConf
     """Name -> start(image) for each FocusCut mode (``config`` in that mode) and each peer."""
     methods = {}
     for mode in modes:
-        config = replace(config, mode=mode)
-        methods[f"focuscut:{mode}"] = lambda image, c=config: Session(predictor, image, c)
+        methods[f"focuscut:{mode}"] = lambda image, c=replace(config, mode=mode): Session(predictor, image, c)
     if "grabcut" in peers:
         methods["grabcut"] = GrabCutSession
     return methods
