@@ -32,7 +32,7 @@ STATE_FORMAT = 1
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Inference settings; the defaults are the paper's."""
+    """Inference settings; the defaults are the paper's, except the view sizes (the network's own)."""
 
     mode: str = "fast_pfs"  # one of MODES: global view only, + focus view, + PFS, + fast PFS
     short_side: int | None = None  # global view: short side of the network input, px (None: the

@@ -157,7 +157,7 @@ def test_peer_comparisons_say_whether_the_gap_is_clear():
     assert "no clear difference" in peer_comparisons(mixed)[0]
 
 
-def test_cli_takes_every_nth_object_at_a_chosen_view_size(tmp_path, capsys):
+def test_cli_takes_every_nth_object_at_a_chosen_view_size(tmp_path):
     weights = save_weights(tmp_path / "random.pt", FocusCutNet(NetworkSpec()), {"version": "random-test"})
     out = tmp_path / "r.json"
     assert main([str(GRABCUT), "--weights", str(weights), "--modes", "global", "--peers", "", "--max-clicks", "1",
