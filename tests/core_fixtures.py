@@ -1,4 +1,5 @@
 """Small real networks and images for core tests (random weights: CI cannot train)."""
+import cv2
 import numpy as np
 import torch
 
@@ -32,3 +33,13 @@ def blob_image(height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarra
     image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
     image[inside] = (220, 180, 40)
     return image, np.where(inside, 255, 0).astype(np.uint8)
+
+
+def write_training_set(root) -> None:
+    """A training data root (``FOCUSCUT_DATA_DIR``) with two sources, ``alpha`` and ``beta``, of one blob each."""
+    image, gt = blob_image(80, 100)
+    for source in ("alpha", "beta"):
+        (root / "train" / source / "images").mkdir(parents=True)
+        (root / "train" / source / "masks").mkdir(parents=True)
+        cv2.imwrite(str(root / "train" / source / "images" / "a.jpg"), image[:, :, ::-1])
+        cv2.imwrite(str(root / "train" / source / "masks" / "a__0.png"), gt)

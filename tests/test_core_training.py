@@ -1,12 +1,11 @@
 """Training: Algorithm 1 patches, click simulation, the loss, steps, and exact resume."""
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from core_fixtures import blob_image
+from core_fixtures import blob_image, write_training_set
 from focuscut_core.network import FocusCutNet, NetworkSpec
 from focuscut_core.simulation import augment, degrade_mask, focus_patch, global_clicks
 from focuscut_core.train import TrainConfig, Trainer, WeightedSources, fine_tune, main, masked_bce
@@ -142,17 +141,9 @@ def test_fine_tune_respects_its_step_budget():
     assert not net.training
 
 
-def _write_dataset(root):
-    image, gt = blob_image(80, 100)
-    for source in ("alpha", "beta"):
-        (root / "train" / source / "images").mkdir(parents=True)
-        (root / "train" / source / "masks").mkdir(parents=True)
-        cv2.imwrite(str(root / "train" / source / "images" / "a.jpg"), image[:, :, ::-1])
-        cv2.imwrite(str(root / "train" / source / "masks" / "a__0.png"), gt)
-
 
 def test_cli_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
-    _write_dataset(tmp_path / "data")
+    write_training_set(tmp_path / "data")
     monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
     run = tmp_path / "run"
     args = ["--run-dir", str(run), "--crop-size", "64", "--batch-size", "2", "--device", "cpu",
@@ -177,7 +168,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
     import sys
     import time
 
-    _write_dataset(tmp_path / "data")
+    write_training_set(tmp_path / "data")
     run = tmp_path / "run"
     env = {**os.environ, "FOCUSCUT_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     code = ("import focuscut_core.train as t; t.DEFAULT_SOURCE_WEIGHTS = {'alpha': 1.0, 'beta': 1.0}; "
@@ -200,7 +191,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
 
 
 def test_cli_holds_a_source_out_and_records_scale_settings(tmp_path, monkeypatch):
-    _write_dataset(tmp_path / "data")
+    write_training_set(tmp_path / "data")
     monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr("focuscut_core.train.DEFAULT_SOURCE_WEIGHTS", {"alpha": 1.0, "beta": 1.0})
     run = tmp_path / "run"
@@ -217,7 +208,7 @@ def test_cli_holds_a_source_out_and_records_scale_settings(tmp_path, monkeypatch
 
 
 def test_a_new_run_can_start_from_a_weights_file(tmp_path, monkeypatch):
-    _write_dataset(tmp_path / "data")
+    write_training_set(tmp_path / "data")
     monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr("focuscut_core.train.DEFAULT_SOURCE_WEIGHTS", {"alpha": 1.0, "beta": 1.0})
     torch.manual_seed(3)
