@@ -1,10 +1,12 @@
-"""End-to-end seconds per click over HTTP, as Label Studio sees them, for a 1-megapixel image.
+"""End-to-end seconds per click over HTTP, as Label Studio sees them, for 1-megapixel images.
 
-    python benchmarks/predict_http.py [--clicks 6] [--sequences 3] [--out benchmarks/results/predict_http.json]
+    python benchmarks/predict_http.py [--images 124080,106024 | --images 8] [--clicks 6] [--sequences 3]
+        [--configs live,redis,memory,off] [--out benchmarks/results/predict_http.json]
 
 A real gunicorn serves the backend; a loopback HTTP server plays Label Studio's /data/upload/.
-A robot user (focuscut_core.next_robot_click on a GrabCut ground truth, upscaled to ~1 MP) clicks
-``--clicks`` times per sequence; each click is one /predict with every click so far, exactly as
+A robot user (focuscut_core.next_robot_click on a GrabCut ground truth, resized to ~1 MP) clicks
+``--clicks`` times per sequence, ``--sequences`` times on each of ``--images`` (GrabCut ids, or N for
+the first N ids in sorted order); one server per configuration serves every image; each click is one /predict with every click so far, exactly as
 Label Studio sends them. Four configurations:
 
     live    the default: Redis, and the worker's live sessions (FOCUSCUT_LIVE_SESSIONS=8): the n-th
@@ -13,7 +15,9 @@ Label Studio sends them. Four configurations:
     memory  session states in the worker's LRU only
     off     FOCUSCUT_SESSION_CACHE=off: every request replays all its clicks
 
-Each sequence uses a new task id (no session hits across sequences). The server's
+Each sequence uses a new task id (no session hits across sequences). The table pools every
+image's clicks but the first request of each server (model load and cold fetch); the JSON also
+has each image's own figures. The server's
 X-FocusCut-Stats header splits each request into fetch, network passes, other session work
 (click maps, resizing, state (de)serialisation) and RLE encoding. Prints a table, writes JSON.
 """
@@ -43,7 +47,13 @@ from services import gunicorn_server, redis_server  # noqa: E402
 from label_studio_sdk.converter.brush import decode_rle  # noqa: E402
 
 DATA = Path(os.environ.get("FOCUSCUT_DATA_DIR", ROOT.parent / "shared" / "data")) / "grabcut"
-UPLOAD = "/data/upload/1/bench.png"
+
+
+def image_ids(spec: str) -> list[str]:
+    """'124080,106024' as it is; 'N': the first N GrabCut ids in sorted order."""
+    if spec.isdigit():
+        return sorted(p.stem for p in (DATA / "masks").glob("*.png"))[:int(spec)]
+    return [i for i in spec.split(",") if i]
 
 
 def one_megapixel(image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +65,7 @@ def one_megapixel(image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.resize(size, Image.BICUBIC)), np.asarray(mask.resize(size, Image.NEAREST))
 
 
-def run_sequence(url: str, task_id: int, image: np.ndarray, gt: np.ndarray, n_clicks: int) -> list[dict]:
+def run_sequence(url: str, task_id: int, upload: str, image: np.ndarray, gt: np.ndarray, n_clicks: int) -> list[dict]:
     """One robot-user sequence: [{click, e2e_s, **server stats}] per request."""
     h, w = gt.shape
     pred = np.zeros((h, w), bool)
@@ -67,7 +77,7 @@ def run_sequence(url: str, task_id: int, image: np.ndarray, gt: np.ndarray, n_cl
         clicked[r, c] = True
         points.append(keypoint((c + 0.5) / w * 100, (r + 0.5) / h * 100, "Cat", click.is_positive, (w, h)))
         start = time.perf_counter()
-        resp = requests.post(url + "/predict", json=predict_body([task(task_id, UPLOAD)], points), timeout=600)
+        resp = requests.post(url + "/predict", json=predict_body([task(task_id, upload)], points), timeout=600)
         e2e = time.perf_counter() - start
         resp.raise_for_status()
         stats = json.loads(resp.headers["X-FocusCut-Stats"])
@@ -93,7 +103,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", default="124080", help="GrabCut image id")
+    parser.add_argument("--images", default="124080", help="GrabCut ids, comma-separated, or N: the first N")
     parser.add_argument("--clicks", type=int, default=6)
     parser.add_argument("--sequences", type=int, default=3)
     parser.add_argument("--threads", default="2", help="OMP/torch threads of the gunicorn worker")
@@ -101,11 +111,13 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "predict_http.json"))
     args = parser.parse_args()
 
-    image, gt = one_megapixel(args.image)
-    results = {"image": {"id": args.image, "height": image.shape[0], "width": image.shape[1]},
+    images = {i: one_megapixel(i) for i in image_ids(args.images)}
+    uploads = {i: f"/data/upload/1/{i}.png" for i in images}
+    results = {"images": {i: {"height": im.shape[0], "width": im.shape[1]} for i, (im, _) in images.items()},
                "clicks": args.clicks, "sequences": args.sequences, "machine": platform.platform(),
                "cpu_count": os.cpu_count(), "omp_threads": args.threads, "configs": {}}
-    with image_server({UPLOAD: png_bytes(image)}) as ls, redis_server() as redis_url:
+    files = {uploads[i]: png_bytes(im) for i, (im, _) in images.items()}
+    with image_server(files) as ls, redis_server() as redis_url:
         for n_config, name in enumerate(args.configs.split(",")):
             tmp = Path(tempfile.mkdtemp(prefix="focuscut-bench-"))
             env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "bench", "OMP_NUM_THREADS": args.threads,
@@ -113,20 +125,23 @@ def main():
                    "REDIS_URL": redis_url if name in ("live", "redis") else "",
                    "FOCUSCUT_LIVE_SESSIONS": "8" if name == "live" else "0",
                    "FOCUSCUT_SESSION_CACHE": "off" if name == "off" else "on"}
+            rows = []
             with gunicorn_server(env=env, workers=1, threads=1) as g:
-                rows = []
-                for s in range(args.sequences):
-                    # task ids of their own: no configuration continues another's stored sessions
-                    seq = run_sequence(g.url, 1000 * (n_config + 1) + s, image, gt, args.clicks)
-                    rows += [{**r, "sequence": s} for r in seq]
-                    print(f"{name}: sequence {s + 1}/{args.sequences}: "
-                          + " ".join(f"{r['e2e_s']:.2f}" for r in seq) + " s", flush=True)
+                for n_image, (image_id, (image, gt)) in enumerate(images.items()):
+                    for s in range(args.sequences):
+                        # task ids of their own: no configuration continues another's stored sessions
+                        task_id = 100_000 * (n_config + 1) + 100 * n_image + s
+                        seq = run_sequence(g.url, task_id, uploads[image_id], image, gt, args.clicks)
+                        rows += [{**r, "image": image_id, "sequence": s} for r in seq]
+                        print(f"{name}: {image_id} sequence {s + 1}/{args.sequences}: "
+                              + " ".join(f"{r['e2e_s']:.2f}" for r in seq) + " s", flush=True)
             shutil.rmtree(tmp, ignore_errors=True)
-            cold = rows[0]
-            warm = rows[1:]
-            results["configs"][name] = {"rows": rows, "all": summarise(warm),
-                                        "first_request": {"e2e_s": cold["e2e_s"], "fetch_s": cold["fetch_s"]},
-                                        "last_click": summarise([r for r in warm if r["click"] == args.clicks])}
+            cold, warm = rows[0], rows[1:]
+            results["configs"][name] = {
+                "rows": rows, "all": summarise(warm),
+                "first_request": {"e2e_s": cold["e2e_s"], "fetch_s": cold["fetch_s"]},
+                "last_click": summarise([r for r in warm if r["click"] == args.clicks]),
+                "by_image": {i: summarise([r for r in warm if r["image"] == i]) for i in images}}
     print_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,18 +150,24 @@ def main():
 
 
 def print_table(results: dict):
-    h, w = results["image"]["height"], results["image"]["width"]
-    print(f"\n{h}x{w} image ({h * w / 1e6:.2f} MP), {results['clicks']} clicks x {results['sequences']} sequences, "
-          f"seconds per click (p50 / p95), first request of each server excluded (model load + cold fetch)")
+    sizes = ", ".join(f"{i} {d['height']}x{d['width']}" for i, d in results["images"].items())
+    print(f"\n{len(results['images'])} images of ~1 MP ({sizes}), {results['clicks']} clicks x "
+          f"{results['sequences']} sequences each, seconds per click (p50 / p95), pooled; the first "
+          "request of each server excluded (model load + cold fetch)")
     head = ("cache", "e2e", "fetch", "network", "other session", "rle", "http+json", "steps", f"e2e click {results['clicks']}")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
+    cell = lambda d: f"{d['p50']:.3f} / {d['p95']:.3f}"  # noqa: E731
     for name, res in results["configs"].items():
         a, last = res["all"], res["last_click"]
-        cell = lambda d: f"{d['p50']:.3f} / {d['p95']:.3f}"  # noqa: E731
         print(f"| {name} | {cell(a['e2e_s'])} | {cell(a['fetch_s'])} | {cell(a['net_s'])} | "
               f"{cell(a['other_session_s'])} | {cell(a['rle_s'])} | {cell(a['http_overhead_s'])} | "
               f"{a['steps']['p50']:.0f} / {a['steps']['p95']:.0f} | {cell(last['e2e_s'])} |")
+    if len(results["images"]) > 1:
+        print("\n| cache | image | e2e | network |\n|---|---|---|---|")
+        for name, res in results["configs"].items():
+            for image_id, a in res["by_image"].items():
+                print(f"| {name} | {image_id} | {cell(a['e2e_s'])} | {cell(a['net_s'])} |")
     for name, res in results["configs"].items():
         f = res["first_request"]
         print(f"first request ({name}): {f['e2e_s']:.2f} s end to end, of which fetch {f['fetch_s']:.3f} s")
