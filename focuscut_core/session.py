@@ -10,8 +10,10 @@ A focus point's result depends only on the image, the global mask inside its cro
 that reach the crop; when none of these changed since it last ran, its stored result is reused
 instead of re-running the network (``focus_reuse_tolerance`` may allow a few changed mask pixels).
 
-All coordinates are full-resolution image pixels (row, col). The current prediction is kept as
-uint8 probabilities (p * 255), so a saved and restored state continues exactly.
+All coordinates are full-resolution image pixels (row, col). A focus point's square may reach
+past the image (its crop is padded); its result is kept, and in fast PFS computed, only for the
+part inside. The current prediction is kept as uint8 probabilities (p * 255), so a saved and
+restored state continues exactly.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 from .clicks import Click, click_reach, validate_clicks
 from .focus import fast_pfs_radii, focus_decision, progressive_radius
 from .predictor import Predictor, view_input
-from .views import PAD_RGB, Box, as_rgb_uint8, crop_square, resize, short_side_size, square_overlap, zoom_in_box
+from .views import (PAD_RGB, Box, as_rgb_uint8, crop_square, nearest_square, resize, resize_window, resized_square,
+                    short_side_size, square_overlap, zoom_in_box)
 
 MODES = ("global", "focus", "pfs", "fast_pfs")
 STATE_FORMAT = 1
@@ -64,11 +67,12 @@ class InferenceConfig:
 
 @dataclass
 class _FocusResult:
-    """What a focus point (row, col, radius) gave, and the inputs it gave it for."""
+    """What a focus point (row, col, radius) gave, and the inputs it gave it for; arrays cover the
+    point's window: the part of its (2r+1)-square inside the image (``_window``)."""
 
-    prev: np.ndarray  # (2r+1)-square bool: the global mask around the point
+    prev: np.ndarray  # bool: the global mask in the window
     clicks: tuple  # the clicks that reach the crop, as (y, x, is_positive)
-    patch: np.ndarray  # (2r+1)-square uint8: probability * 255 pasted around the point
+    patch: np.ndarray  # uint8: probability * 255 pasted in the window
 
 
 @dataclass
@@ -185,8 +189,8 @@ class Session:
         if self.config.max_focus_points is not None:
             points = points[len(points) - self.config.max_focus_points:] if self.config.max_focus_points else []
         global_mask = global_probs >= 0.5
-        # views where the crop lies inside: this click's global mask is never written again
-        inputs = {p: (crop_square(global_mask, *p, False, copy=False), self._clicks_reaching(p)) for p in points}
+        # views into this click's global mask, which is never written again
+        inputs = {p: (global_mask[_window(global_mask.shape, p)], self._clicks_reaching(p)) for p in points}
         stale = [p for p in dict.fromkeys(points) if not self._reusable(p, *inputs[p])]
         if stale:
             if self.config.mode == "fast_pfs":
@@ -202,15 +206,18 @@ class Session:
         self.focus_runs = (len(points), len(stale))
         if not points:
             return global_probs
-        total = np.zeros_like(global_probs)
-        count = np.zeros(global_probs.shape, np.uint16)
-        for row, col, radius in points:
-            src, dst = square_overlap(global_probs.shape, row, col, radius)
-            total[src] += self._focus_results[row, col, radius].patch[dst] / np.float32(255.0)
-            count[src] += 1
+        windows = [_window(global_probs.shape, p) for p in points]
+        y0, x0 = min(w[0].start for w in windows), min(w[1].start for w in windows)
+        y1, x1 = max(w[0].stop for w in windows), max(w[1].stop for w in windows)
+        total = np.zeros((y1 - y0, x1 - x0), np.float32)  # over the windows' bounding box only
+        count = np.zeros(total.shape, np.uint16)
+        for p, (rows, cols) in zip(points, windows):
+            inside = slice(rows.start - y0, rows.stop - y0), slice(cols.start - x0, cols.stop - x0)
+            total[inside] += self._focus_results[p].patch / np.float32(255.0)
+            count[inside] += 1
         out = global_probs.copy()
         covered = count > 0
-        out[covered] = total[covered] / count[covered]
+        out[y0:y1, x0:x1][covered] = total[covered] / count[covered]
         return out
 
     def _clicks_reaching(self, point: tuple[int, int, int]) -> tuple:
@@ -235,20 +242,19 @@ class Session:
             side = 2 * radius + 1
             rgb = self._crop_rgb.get((row, col, radius))
             if rgb is None:  # a focus point's crops recur at every later click: resized once
-                rgb = resize(crop_square(self.image, row, col, radius, PAD_RGB, copy=False), size, size)
+                rgb = resized_square(self.image, row, col, radius, size, PAD_RGB)
                 self._crop_rgb[row, col, radius] = rgb
-            if prev is None:
-                prev = crop_square(global_mask, row, col, radius, False, copy=False)
-            prev = resize(prev.astype(np.uint8), size, size, nearest=True)
+            if prev is None:  # sampled from the global mask, as resizing its padded crop would
+                prev = nearest_square(global_mask, row, col, radius, size)
+            else:
+                prev = resize(prev.astype(np.uint8), size, size, nearest=True)
             inputs.append(view_input(rgb, prev, self.clicks, size / side, size / side, row - radius, col - radius))
         return inputs
 
-    def _run_crops(self, global_mask, crops) -> list[np.ndarray]:
-        outs = self.predictor(self._crop_inputs(global_mask, crops))
-        return [resize(p, 2 * c[2] + 1, 2 * c[2] + 1) for p, c in zip(outs, crops)]
-
     def _progressive(self, global_probs: np.ndarray, points: list, rounds: int) -> list[np.ndarray]:
-        """Algorithm 3 for every point, the points of one round batched: (2R+1)-square patches."""
+        """Algorithm 3 for every point, the points of one round batched; each point's patch in its
+        window (the rounds see the whole (2R+1)-squares: a round's previous mask is the last one's
+        output, outside the image too)."""
         global_mask = global_probs >= 0.5
         patches = [crop_square(global_probs, r0, c0, rad, 0.0) for r0, c0, rad in points]
         radii = [rad for _, _, rad in points]
@@ -259,7 +265,8 @@ class Session:
                 row, col, first = points[i]
                 inner = _centre(patches[i], first, radii[i])
                 crops.append((row, col, radii[i], inner >= 0.5))
-            outs = self._run_crops(global_mask, crops)
+            outs = [resize(p, 2 * c[2] + 1, 2 * c[2] + 1)
+                    for p, c in zip(self.predictor(self._crop_inputs(global_mask, crops)), crops)]
             still = []
             for i, (row, col, radius, prev), out in zip(active, crops, outs):
                 _centre(patches[i], points[i][2], radius)[...] = out
@@ -272,20 +279,25 @@ class Session:
             active = still
             if not active:
                 break
-        return patches
+        return [patch[square_overlap(global_probs.shape, *p)[1]] for patch, p in zip(patches, points)]
 
     def _fast_pfs(self, global_probs: np.ndarray, points: list) -> list[np.ndarray]:
-        """Fast PFS: ranges r, 0.8r, 0.64r, all with the global mask as previous, one batch."""
+        """Fast PFS: ranges r, 0.8r, 0.64r, all with the global mask as previous, one batch; each
+        point's patch in its window, the crops' outputs resized only there."""
         global_mask = global_probs >= 0.5
         crops, owners = [], []
         for i, (row, col, radius) in enumerate(points):
             for rad in fast_pfs_radii(radius, self.config.pfs_rounds, self.config.fast_shrink):
                 crops.append((row, col, rad, None))
                 owners.append(i)
-        outs = self._run_crops(global_mask, crops)
-        patches = [np.empty((2 * rad + 1, 2 * rad + 1), np.float32) for _, _, rad in points]
-        for i, crop, out in zip(owners, crops, outs):  # the full range first, finer ones override
-            _centre(patches[i], points[i][2], crop[2])[...] = out
+        outs = self.predictor(self._crop_inputs(global_mask, crops))
+        windows = [_window(global_probs.shape, p) for p in points]
+        patches = [np.empty((rows.stop - rows.start, cols.stop - cols.start), np.float32) for rows, cols in windows]
+        for i, (row, col, rad, _), out in zip(owners, crops, outs):  # the full range first, finer ones override
+            (rows, cols), in_square = square_overlap(global_probs.shape, row, col, rad)
+            top, left = windows[i][0].start, windows[i][1].start
+            patches[i][rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = resize_window(
+                out, 2 * rad + 1, 2 * rad + 1, *in_square)
         return patches
 
     # --- state --------------------------------------------------------------------------
@@ -337,6 +349,11 @@ def replay(predictor: Predictor, image: np.ndarray, clicks, config: InferenceCon
 
 def _quantise(probs: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
+
+
+def _window(shape: tuple[int, int], point: tuple[int, int, int]) -> tuple[slice, slice]:
+    """Image slices of the part of a focus point's (2r+1)-square inside an HxW image."""
+    return square_overlap(shape, *point)[0]
 
 
 def _centre(patch: np.ndarray, outer: int, inner: int) -> np.ndarray:

@@ -138,3 +138,73 @@ def resize(array: np.ndarray, height: int, width: int, nearest: bool = False) ->
     else:
         mode = cv2.INTER_LINEAR
     return cv2.resize(array, (width, height), interpolation=mode)
+
+
+def resized_square(image: np.ndarray, row: int, col: int, radius: int, size: int, fill) -> np.ndarray:
+    """``resize(crop_square(image, row, col, radius, fill), size, size)`` for an HxWxC uint8 image,
+    without copying the padding of a square that reaches past the image and is shrunk: the area
+    average (OpenCV's INTER_AREA) is summed from the part inside; equal up to rounding."""
+    side = 2 * radius + 1
+    src, dst = square_overlap(image.shape[:2], row, col, radius)
+    if side <= size or (dst[0].stop - dst[0].start, dst[1].stop - dst[1].start) == (side, side):
+        return resize(crop_square(image, row, col, radius, fill, copy=False), size, size)
+    fill = np.asarray(fill, np.float64)
+    across = _area_shrink(image[src], side, size, dst[1].start, 1, fill)
+    out = _area_shrink(across, side, size, dst[0].start, 0, fill)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _area_shrink(values: np.ndarray, side: int, size: int, offset: int, axis: int, fill) -> np.ndarray:
+    """Area averages (float64) of ``size`` equal cells over an axis of ``side`` pixels, of which
+    pixels [offset, offset + n) are ``values`` (n along ``axis``) and the rest are ``fill``."""
+    n = values.shape[axis]
+    cell = side / size
+    edges = np.clip(np.arange(size + 1) * cell - offset, 0, n)  # cell edges, in pixels of ``values``
+    lower = np.minimum(np.floor(edges).astype(np.intp), n - 1)
+    frac = edges - lower  # the sum up to an edge: whole pixels before ``lower``, then a part of it
+    whole = np.add.reduceat(values, lower, axis=axis, dtype=np.float64)
+    shape = [1] * values.ndim
+    shape[axis] = size
+    empty = (lower[1:] == lower[:-1]).reshape(shape)  # reduceat gives the pixel itself, not 0, there
+    whole = np.where(empty, 0.0, np.take(whole, np.arange(size), axis=axis))
+    part = np.take(values, lower, axis=axis) * frac.reshape(shape[:axis] + [size + 1] + shape[axis + 1:])
+    inside = whole + np.take(part, np.arange(1, size + 1), axis=axis) - np.take(part, np.arange(size), axis=axis)
+    covered = np.diff(edges).reshape(shape)
+    return (inside + fill * (cell - covered)) / cell
+
+
+def nearest_square(mask: np.ndarray, row: int, col: int, radius: int, size: int) -> np.ndarray:
+    """``resize(crop_square(mask, row, col, radius, False), size, size, nearest=True)`` for an HxW
+    bool mask, read straight from ``mask`` at the size x size sampled pixels (no (2r+1)-square copy)."""
+    side = 2 * radius + 1
+    step = 1.0 / (size / side)  # OpenCV's nearest-neighbour mapping: source = floor(dest * step)
+    offsets = np.minimum(np.floor(np.arange(size) * step).astype(np.intp), side - 1) - radius
+    rows, cols = row + offsets, col + offsets
+    inside_rows = (rows >= 0) & (rows < mask.shape[0])
+    inside_cols = (cols >= 0) & (cols < mask.shape[1])
+    out = np.zeros((size, size), bool)
+    out[np.ix_(inside_rows, inside_cols)] = mask[np.ix_(rows[inside_rows], cols[inside_cols])]
+    return out
+
+
+def resize_window(array: np.ndarray, height: int, width: int, rows: slice, cols: slice) -> np.ndarray:
+    """``resize(array, height, width)[rows, cols]`` for an hxw float32 array; when enlarging to over
+    4x the window's area, only the window is computed (bilinear with OpenCV's half-pixel mapping,
+    border pixels replicated): below that, OpenCV's whole resize is the faster."""
+    window_area = (rows.stop - rows.start) * (cols.stop - cols.start)
+    if height * width < array.shape[0] * array.shape[1] or height * width <= 4 * window_area:
+        return resize(array, height, width)[rows, cols]
+    y0, y1, wy = _linear_taps(array.shape[0], height, rows)
+    x0, x1, wx = _linear_taps(array.shape[1], width, cols)
+    across = array[:, x0] * (1 - wx) + array[:, x1] * wx
+    return across[y0] * (1 - wy)[:, None] + across[y1] * wy[:, None]
+
+
+def _linear_taps(source: int, dest: int, window: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lower, upper) and upper weights of bilinear taps for dest pixels ``window``."""
+    centres = (np.arange(window.start, window.stop) + 0.5) * (source / dest) - 0.5
+    lower = np.floor(centres)
+    weight = (centres - lower).astype(np.float32)
+    weight[lower < 0] = 0.0
+    lower = np.clip(lower, 0, source - 1).astype(np.intp)
+    return lower, np.minimum(lower + 1, source - 1), weight

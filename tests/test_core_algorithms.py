@@ -7,7 +7,8 @@ import pytest
 from focuscut_core.clicks import Click, click_maps, next_robot_click, validate_clicks
 from focuscut_core.focus import distance_to_other_class, fast_pfs_radii, focus_decision, progressive_radius
 from focuscut_core.metrics import assd, boundary_iou, iou, noc
-from focuscut_core.views import as_rgb_uint8, box_iou, crop_square, mask_box, short_side_size, square_overlap, zoom_in_box
+from focuscut_core.views import (PAD_RGB, as_rgb_uint8, box_iou, crop_square, mask_box, nearest_square, resize,
+                                 resize_window, resized_square, short_side_size, square_overlap, zoom_in_box)
 
 
 # --- Algorithm 2 ------------------------------------------------------------------------
@@ -120,6 +121,41 @@ def test_square_overlap_pastes_back_where_it_was_cut():
     out[src] = patch[dst]
     np.testing.assert_array_equal(out[4:7, 0:3], image[4:7, 0:3])
     assert out.sum() == pytest.approx(image[4:7, 0:3].sum())
+
+
+def test_nearest_square_samples_as_resizing_the_padded_crop():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        mask = rng.random((int(rng.integers(1, 120)), int(rng.integers(1, 120)))) < 0.5
+        row, col = int(rng.integers(0, mask.shape[0])), int(rng.integers(0, mask.shape[1]))
+        radius, size = int(rng.integers(0, 300)), int(rng.choice([16, 64, 100]))
+        crop = crop_square(mask, row, col, radius, False).astype(np.uint8)
+        np.testing.assert_array_equal(nearest_square(mask, row, col, radius, size),
+                                      resize(crop, size, size, nearest=True).astype(bool))
+
+
+def test_resize_window_is_the_window_of_the_whole_resize():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        small = rng.random((int(rng.integers(2, 40)), int(rng.integers(2, 40)))).astype(np.float32)
+        height, width = int(rng.integers(1, 400)), int(rng.integers(1, 400))
+        r0, c0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        rows = slice(r0, int(rng.integers(r0 + 1, min(height, r0 + 60) + 1)))  # small windows: computed alone
+        cols = slice(c0, int(rng.integers(c0 + 1, min(width, c0 + 60) + 1)))
+        np.testing.assert_allclose(resize_window(small, height, width, rows, cols),
+                                   resize(small, height, width)[rows, cols], atol=1e-5)
+
+
+def test_resized_square_matches_resizing_the_padded_crop_up_to_rounding():
+    rng = np.random.default_rng(2)
+    for _ in range(60):
+        image = rng.integers(0, 256, (int(rng.integers(5, 150)), int(rng.integers(5, 150)), 3)).astype(np.uint8)
+        row, col = int(rng.integers(0, image.shape[0])), int(rng.integers(0, image.shape[1]))
+        radius, size = int(rng.integers(1, 250)), int(rng.choice([16, 32, 50]))
+        expected = resize(crop_square(image, row, col, radius, PAD_RGB), size, size).astype(int)
+        got = resized_square(image, row, col, radius, size, PAD_RGB)
+        assert got.shape == (size, size, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - expected).max() <= 1
 
 
 def test_zoom_in_box_by_hand():
