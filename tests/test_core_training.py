@@ -159,6 +159,9 @@ def test_cli_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert (tmp_path / "model.pt").is_file() and (run / "weights.pt").is_file()
     assert load_weights(tmp_path / "model.pt")[0].spec.input_size == 64  # inference views default to it
+    assert main(args + ["--steps", "2", "--snapshot-every", "2"]) == 0  # steps 4 and 5: one snapshot
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step4.pt"]
+    assert load_weights(run / "snapshots" / "step4.pt")[1]["version"] == "run-step4"
 
 
 def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
