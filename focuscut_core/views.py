@@ -162,15 +162,18 @@ def _area_shrink(values: np.ndarray, side: int, size: int, offset: int, axis: in
     edges = np.clip(np.arange(size + 1) * cell - offset, 0, n)  # cell edges, in pixels of ``values``
     lower = np.minimum(np.floor(edges).astype(np.intp), n - 1)
     frac = edges - lower  # the sum up to an edge: whole pixels before ``lower``, then a part of it
-    whole = np.add.reduceat(values, lower, axis=axis, dtype=np.float64)
-    shape = [1] * values.ndim
-    shape[axis] = size
-    empty = (lower[1:] == lower[:-1]).reshape(shape)  # reduceat gives the pixel itself, not 0, there
-    whole = np.where(empty, 0.0, np.take(whole, np.arange(size), axis=axis))
-    part = np.take(values, lower, axis=axis) * frac.reshape(shape[:axis] + [size + 1] + shape[axis + 1:])
-    inside = whole + np.take(part, np.arange(1, size + 1), axis=axis) - np.take(part, np.arange(size), axis=axis)
-    covered = np.diff(edges).reshape(shape)
-    return (inside + fill * (cell - covered)) / cell
+    whole = np.add.reduceat(values, lower, axis=axis, dtype=np.float64).take(np.arange(size), axis=axis)
+    whole = np.where(_along(lower[1:] == lower[:-1], axis, values.ndim), 0.0, whole)  # reduceat: not 0 there
+    part = values.take(lower, axis=axis) * _along(frac, axis, values.ndim)
+    inside = whole + np.diff(part, axis=axis)
+    return (inside + fill * (cell - _along(np.diff(edges), axis, values.ndim))) / cell
+
+
+def _along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """A 1-D array shaped to broadcast along ``axis`` of an ``ndim``-dimensional array."""
+    shape = [1] * ndim
+    shape[axis] = vector.size
+    return vector.reshape(shape)
 
 
 def nearest_square(mask: np.ndarray, row: int, col: int, radius: int, size: int) -> np.ndarray:
