@@ -97,6 +97,7 @@ def robot_run(predictor, config: InferenceConfig, image: np.ndarray, gt: np.ndar
         click = next_robot_click(session.mask, gt, clicked)
         if click is None:
             break
+        click = Click.from_list(click.to_list())  # plain floats, as replayed (older Clicks kept numpy's)
         clicked[click.pixel()] = True
         masks.append(session.add_click(click))
         clicks.append(click.to_list())

@@ -24,6 +24,13 @@ class Click:
     x: float
     is_positive: bool = True
 
+    def __post_init__(self):
+        # Plain Python numbers whatever the caller passed: a numpy float64 scalar would make the
+        # click maps' float32 arithmetic run in float64, so the same click would give another mask.
+        object.__setattr__(self, "y", float(self.y))
+        object.__setattr__(self, "x", float(self.x))
+        object.__setattr__(self, "is_positive", bool(self.is_positive))
+
     def pixel(self) -> tuple[int, int]:
         """The (row, column) of the pixel under the click."""
         return int(math.floor(self.y)), int(math.floor(self.x))

@@ -212,6 +212,15 @@ def test_click_maps_scale_and_offset_to_view_pixels():
     assert np.unravel_index(maps[0].argmax(), (11, 11)) == (5, 5)
 
 
+def test_clicks_hold_plain_numbers_so_numpy_scalars_give_the_same_maps():
+    click = Click(np.float64(10.5), np.float32(20.5), np.bool_(False))
+    assert type(click.y) is float and type(click.x) is float and type(click.is_positive) is bool
+    plain = Click(10.5, 20.5, False)
+    assert click == plain
+    np.testing.assert_array_equal(click_maps([click], 32, 48, 0.37, 0.41, 0.0, 0.0),
+                                  click_maps([plain], 32, 48, 0.37, 0.41, 0.0, 0.0))
+
+
 def test_validate_clicks():
     validate_clicks([Click(0, 0), Click(9.99, 4.99)], 10, 5)
     for bad in (Click(10, 0), Click(-0.1, 0), Click(0, 5), Click(math.nan, 1), Click(1, math.inf)):
