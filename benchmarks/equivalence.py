@@ -23,7 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from focuscut_core import Click, InferenceConfig, Session, next_robot_click  # noqa: E402
 from focuscut_core.data import data_root, list_samples, load_sample  # noqa: E402
-from focuscut_core.weights import load_predictor  # noqa: E402
+from focuscut_core.weights import DEFAULT_WEIGHTS, load_predictor  # noqa: E402
+from speed import resize_to_megapixels  # noqa: E402
 
 
 # The reference checkout's robot run, in a process of its own: its focuscut_core is imported
@@ -48,24 +48,15 @@ record_reference(args)
 """
 
 
-def resized(image: np.ndarray, gt: np.ndarray, megapixels: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """The image (area or cubic) and its mask (nearest) at about ``megapixels``, or as they are."""
-    if not megapixels:
-        return image, gt
-    scale = (megapixels * 1e6 / gt.size) ** 0.5
-    size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC),
-            cv2.resize(gt, size, interpolation=cv2.INTER_NEAREST))
-
-
 def reference_checkout_runs(checkout: Path, pairs: list, weights: Path | None, runtime: str, mode: str,
                             clicks: int) -> list:
-    """[(clicks, masks)] of the robot user on each (image, gt) with ``checkout``'s code."""
+    """[(clicks, masks)] of the robot user on each (image, gt) with ``checkout``'s code and this
+    checkout's weights file (``weights`` or the default)."""
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, **{f"{k}{i}": a for i, pair in enumerate(pairs) for k, a in zip(("image", "gt"), pair)})
         args = {"checkout": str(checkout.resolve()), "benchmarks": str(Path(__file__).resolve().parent),
-                "weights": str(weights) if weights else None, "runtime": runtime, "mode": mode, "clicks": clicks,
+                "weights": str(weights or DEFAULT_WEIGHTS), "runtime": runtime, "mode": mode, "clicks": clicks,
                 "inputs": str(inputs), "out": str(Path(tmp) / "out.npz")}
         subprocess.run([sys.executable, "-c", REFERENCE_RUN, json.dumps(args)], check=True, cwd=tmp)
         out = np.load(args["out"])
@@ -122,7 +113,8 @@ def main(argv=None) -> int:
     cand_config = InferenceConfig(mode=args.mode, max_focus_points=args.candidate_max_focus_points,
                                   focus_reuse_tolerance=args.candidate_focus_reuse)
     samples = list_samples(args.dataset)[: args.limit]
-    pairs = [resized(*load_sample(s), args.megapixels) for s in samples]
+    pairs = [resize_to_megapixels(*load_sample(s), args.megapixels) if args.megapixels else load_sample(s)
+             for s in samples]
     if args.reference_checkout:
         runs = reference_checkout_runs(args.reference_checkout, pairs, args.weights, args.candidate_runtime,
                                        args.mode, args.clicks)

@@ -61,7 +61,11 @@ class PeakRSS:
 
 
 def resized_pair(sample, megapixels: float) -> tuple[np.ndarray, np.ndarray]:
-    image, gt = load_sample(sample)
+    return resize_to_megapixels(*load_sample(sample), megapixels)
+
+
+def resize_to_megapixels(image: np.ndarray, gt: np.ndarray, megapixels: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image (area or cubic) and its mask (nearest) resized to about ``megapixels``."""
     scale = (megapixels * 1e6 / (gt.shape[0] * gt.shape[1])) ** 0.5
     size = (max(1, round(gt.shape[1] * scale)), max(1, round(gt.shape[0] * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
