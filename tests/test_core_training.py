@@ -132,6 +132,14 @@ def test_lr_decays_per_epoch():
     assert config.lr_at(2) == pytest.approx(7e-3 * 0.9)
 
 
+def test_cosine_anneal_starts_at_the_decayed_lr_and_ends_the_run_at_zero():
+    config = TrainConfig(batch_size=2, epoch_samples=4, anneal_from=5, anneal_steps=4)
+    assert config.lr_at(4) == pytest.approx(7e-3 * 0.9 ** 2)
+    assert [config.lr_at(s) / (7e-3 * 0.9 ** 2) for s in range(5, 10)] == pytest.approx(
+        [1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0])
+    assert config.total_steps == 9
+
+
 def test_fine_tune_respects_its_step_budget():
     image, gt = blob_image(80, 100)
     losses = []
@@ -162,6 +170,28 @@ def test_cli_trains_checkpoints_and_resumes(tmp_path, monkeypatch):
     assert main(args + ["--steps", "2", "--snapshot-every", "2"]) == 0  # steps 4 and 5: one snapshot
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step4.pt"]
     assert load_weights(run / "snapshots" / "step4.pt")[1]["version"] == "run-step4"
+
+
+def test_a_branch_continues_another_run_with_a_new_schedule_and_leaves_it_as_it_was(tmp_path, monkeypatch):
+    write_training_set(tmp_path / "data")
+    monkeypatch.setenv("FOCUSCUT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("focuscut_core.train.DEFAULT_SOURCE_WEIGHTS", {"alpha": 1.0, "beta": 1.0})
+    common = ["--crop-size", "64", "--batch-size", "2", "--device", "cpu", "--itis-max-iters", "1"]
+    source, branch_dir = tmp_path / "source", tmp_path / "branch"
+    assert main(["--run-dir", str(source), "--lr", "0.01", "--steps", "2"] + common) == 0
+    before = (source / "checkpoint.pt").read_bytes()
+    args = ["--run-dir", str(branch_dir), "--device", "cpu", "--branch-from", str(source / "checkpoint.pt"),
+            "--anneal-steps", "2"]
+    assert main(args) == 0  # steps 3 and 4, then the anneal has ended
+    assert (source / "checkpoint.pt").read_bytes() == before
+    state = torch.load(branch_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and state["branched_from"].endswith("@2")
+    assert state["config"]["anneal_from"] == 2 and state["config"]["lr"] == 0.01 and state["config"]["crop_size"] == 64
+    lrs = [json.loads(line)["lr"] for line in (branch_dir / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.01, 0.005])  # epoch_samples 8361: no per-epoch decay yet
+    with pytest.raises(SystemExit) as exit_info:  # the branch exists: resume it, do not branch again
+        main(args)
+    assert exit_info.value.code == 2
 
 
 def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
