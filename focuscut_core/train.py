@@ -57,6 +57,7 @@ class TrainConfig:
     lr_gamma: float = 0.9  # lr multiplied by this after every epoch
     anneal_steps: int = 0  # > 0: from step anneal_from, a cosine from the lr there to 0 over this many steps
     anneal_from: int = 0  # the step the anneal starts at; the run ends when the anneal does
+    anneal_lr: float = 0.0  # the lr the anneal starts from (0: the decayed lr at anneal_from)
     itis_prob: float = 0.7  # probability that a step's global views are iterative
     itis_max_iters: int = 3  # robot clicks added from the model's own predictions
     alpha: tuple[float, float] = (0.2, 0.8)  # Algorithm 1: range = alpha * sqrt(area)
@@ -85,7 +86,8 @@ class TrainConfig:
         if self.anneal_steps <= 0 or step < self.anneal_from:
             return self._decayed_lr(step)
         progress = min(1.0, (step - self.anneal_from) / self.anneal_steps)
-        return self._decayed_lr(self.anneal_from) * 0.5 * (1 + math.cos(math.pi * progress))
+        start = self.anneal_lr or self._decayed_lr(self.anneal_from)
+        return start * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _decayed_lr(self, step: int) -> float:
         return self.lr * self.lr_gamma ** (step // self.steps_per_epoch)
@@ -340,7 +342,8 @@ def train(run_dir: Path, config: TrainConfig, max_minutes: float | None = None, 
 def branch(source: Path, run_dir: Path, overrides: dict) -> TrainConfig:
     """Start the run in ``run_dir`` from another run's checkpoint ``source`` (weights, optimiser
     state, step, elapsed time) with ``overrides`` applied to its config, e.g. a cosine anneal
-    (``anneal_steps``; ``anneal_from`` defaults to the branch's step). The branch then trains and
+    (``anneal_steps``; ``anneal_from`` defaults to the branch's step), or a warm restart of an
+    ended anneal (a new ``anneal_steps`` from a higher ``anneal_lr``). The branch then trains and
     resumes like any run; ``source`` is left as it was."""
     if (run_dir / "checkpoint.pt").exists():
         raise FileExistsError(f"{run_dir} already has a checkpoint: resume it without --branch-from")

@@ -138,6 +138,8 @@ def test_cosine_anneal_starts_at_the_decayed_lr_and_ends_the_run_at_zero():
     assert [config.lr_at(s) / (7e-3 * 0.9 ** 2) for s in range(5, 10)] == pytest.approx(
         [1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0])
     assert config.total_steps == 9
+    restart = TrainConfig(batch_size=2, epoch_samples=4, anneal_from=5, anneal_steps=4, anneal_lr=1e-3)
+    assert restart.lr_at(5) == pytest.approx(1e-3) and restart.lr_at(7) == pytest.approx(5e-4)
 
 
 def test_fine_tune_respects_its_step_budget():
