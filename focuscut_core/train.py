@@ -348,6 +348,8 @@ def branch(source: Path, run_dir: Path, overrides: dict) -> TrainConfig:
     if (run_dir / "checkpoint.pt").exists():
         raise FileExistsError(f"{run_dir} already has a checkpoint: resume it without --branch-from")
     state = torch.load(source, map_location="cpu", weights_only=False)
+    if not (isinstance(state, dict) and {"config", "step", "net", "optimizer"} <= state.keys()):
+        raise ValueError(f"{source} is not a run's checkpoint.pt (a weights file starts a run with --init-from)")
     settings = state["config"] | overrides
     if overrides.get("anneal_steps") and "anneal_from" not in overrides:
         settings["anneal_from"] = int(state["step"])
@@ -413,9 +415,9 @@ def main(argv=None) -> int:
             parser.add_argument("--" + f.name.replace("_", "-"), type=scalar_types[f.type], dest=f.name,
                                 help=f"(new runs and branches) default {getattr(TrainConfig(), f.name)}")
     parser.add_argument("--scale-range", type=float, nargs=2, metavar=("LO", "HI"),
-                        help="(new runs) random scale factors of the short side, default 0.75 1.4")
+                        help="(new runs and branches) random scale factors of the short side, default 0.75 1.4")
     parser.add_argument("--source-weight", action="append", default=[], metavar="SOURCE=W",
-                        help="(new runs) sampling weight of one training source; 0 holds it out")
+                        help="(new runs and branches) sampling weight of one training source; 0 holds it out")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -425,7 +427,7 @@ def main(argv=None) -> int:
     if args.branch_from:
         try:
             branch(args.branch_from, args.run_dir, overrides)
-        except (FileExistsError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             parser.error(f"--branch-from: {exc}")
     config = TrainConfig.from_dict(overrides)
     trainer = train(args.run_dir, config, args.max_minutes, args.steps, args.export,

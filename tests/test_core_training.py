@@ -191,9 +191,13 @@ def test_a_branch_continues_another_run_with_a_new_schedule_and_leaves_it_as_it_
     assert state["config"]["anneal_from"] == 2 and state["config"]["lr"] == 0.01 and state["config"]["crop_size"] == 64
     lrs = [json.loads(line)["lr"] for line in (branch_dir / "log.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([0.01, 0.005])  # epoch_samples 8361: no per-epoch decay yet
-    with pytest.raises(SystemExit) as exit_info:  # the branch exists: resume it, do not branch again
-        main(args)
-    assert exit_info.value.code == 2
+    bad_sources = [branch_dir / "checkpoint.pt",  # the branch exists: resume it, do not branch again
+                   tmp_path / "missing.pt", source / "weights.pt"]  # no file; weights, not a checkpoint
+    for bad_dir, bad_source in zip(["branch", "b2", "b3"], bad_sources):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--run-dir", str(tmp_path / bad_dir), "--branch-from", str(bad_source), "--device", "cpu"])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
 
 
 def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
