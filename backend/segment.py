@@ -29,10 +29,10 @@ class _CountingPredictor:
     def __init__(self, predictor):
         self.predictor, self.calls, self.seconds = predictor, 0, 0.0
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, flip: bool = False):
         start = time.perf_counter()
         try:
-            return self.predictor(inputs)
+            return self.predictor(inputs, flip)
         finally:
             self.calls += 1
             self.seconds += time.perf_counter() - start

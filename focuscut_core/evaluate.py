@@ -2,6 +2,7 @@
 
     python -m focuscut_core.evaluate DATASET_DIR [--weights W] [--modes global,focus,pfs,fast_pfs]
         [--peers grabcut] [--max-clicks 20] [--stop-iou 0.9] [--skip K] [--every E] [--limit N] [--view-size PX]
+        [--flip none|global|all]
         [--out report.json] [--plot curve.png]
     python -m focuscut_core.evaluate --merge shard1.json shard2.json --out report.json
 
@@ -16,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from .data import list_samples, load_sample
 from .metrics import assd, boundary_iou, iou, noc
 from .peers import GrabCutSession
 from .predictor import Predictor
-from .session import MODES, InferenceConfig, Session
+from .session import FLIPS, MODES, InferenceConfig, Session
 
 THRESHOLDS = (0.85, 0.90)
 
@@ -109,13 +110,16 @@ def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pf
             log.flush()
     if log:
         log.write("\n")
-    return report_of(str(dataset), max_clicks, stop_iou, getattr(predictor, "version", None), records)
+    settings = {k: v for k, v in asdict(config).items() if k != "mode"} if modes else None
+    return report_of(str(dataset), max_clicks, stop_iou, getattr(predictor, "version", None), records, settings)
 
 
-def report_of(dataset: str, max_clicks: int, stop_iou: float | None, weights: str | None, records: dict) -> dict:
-    """The JSON report of per-image records {method: [robot_run record + "image"]}."""
+def report_of(dataset: str, max_clicks: int, stop_iou: float | None, weights: str | None, records: dict,
+              inference: dict | None = None) -> dict:
+    """The JSON report of per-image records {method: [robot_run record + "image"]}; ``inference``:
+    the FocusCut modes' InferenceConfig settings other than the mode."""
     return {
-        "dataset": dataset, "max_clicks": max_clicks, "stop_iou": stop_iou, "weights": weights,
+        "dataset": dataset, "max_clicks": max_clicks, "stop_iou": stop_iou, "weights": weights, "inference": inference,
         "methods": {name: summarise(recs, max_clicks) for name, recs in records.items()},
         "per_image": {name: [{"image": r["image"], "iou": [float(v) for v in r["iou"]],  # exact: NoC compares it
                               "biou": [round(v, 4) for v in r["biou"]], "assd": [round(v, 3) for v in r["assd"]],
@@ -128,14 +132,15 @@ def merge_reports(reports: list[dict]) -> dict:
     """One report from reports of disjoint parts of a dataset (same methods and settings)."""
     first = reports[0]
     for other in reports[1:]:
-        if any(other[k] != first[k] for k in ("dataset", "max_clicks", "stop_iou", "weights")) \
+        if any(other.get(k) != first.get(k) for k in ("dataset", "max_clicks", "stop_iou", "weights", "inference")) \
                 or set(other["per_image"]) != set(first["per_image"]):
             raise ValueError("reports differ in dataset, settings, weights or methods: cannot merge")
     records = {name: [r for rep in reports for r in rep["per_image"][name]] for name in first["per_image"]}
     images = [r["image"] for r in next(iter(records.values()))]
     if len(set(images)) != len(images):
         raise ValueError("reports overlap: an image occurs twice")
-    return report_of(first["dataset"], first["max_clicks"], first["stop_iou"], first["weights"], records)
+    return report_of(first["dataset"], first["max_clicks"], first["stop_iou"], first["weights"], records,
+                     first.get("inference"))
 
 
 def paired_noc_gap(ours: list[dict], theirs: list[dict], threshold: float, max_clicks: int,
@@ -213,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=1, help="only every N-th object (after --skip)")
     parser.add_argument("--view-size", type=int, help="global view short side and focus view side, px "
                         "(default: the network's training crop size)")
+    parser.add_argument("--flip", choices=FLIPS, default=InferenceConfig.flip,
+                        help="test-time flip: views also run mirrored, averaged (default: %(default)s)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="REPORT",
                         help="merge reports of disjoint shards into --out instead of evaluating")
     parser.add_argument("--stop-iou", type=float, help="the robot stops once a mask reaches this IoU "
@@ -246,7 +253,8 @@ def main(argv=None) -> int:
     peers = [p for p in args.peers.split(",") if p]
     report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit,
                               stop_iou=args.stop_iou, skip=args.skip, every=args.every,
-                              config=InferenceConfig(short_side=args.view_size, focus_size=args.view_size))
+                              config=InferenceConfig(short_side=args.view_size, focus_size=args.view_size,
+                                                     flip=args.flip))
     return _write(report, args.out, args.plot)
 
 
@@ -258,7 +266,8 @@ def _write(report: dict, out: Path, plot: Path | None) -> int:
     print(format_table(report))
     for line in peer_comparisons(report):
         print(line)
-    print(f"\nweights: {report['weights']}; report: {out}; plot: {plot}")
+    flip = (report.get("inference") or {}).get("flip", "none")
+    print(f"\nweights: {report['weights']}; flip: {flip}; report: {out}; plot: {plot}")
     return 0
 
 

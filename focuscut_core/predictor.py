@@ -55,9 +55,16 @@ class Predictor:
         """Side (px) of the crops the network was trained on: the default size of inference views."""
         return self.net.spec.input_size
 
-    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Probabilities (h x w float32) for each ``(6, h, w)`` input; same sizes run batched, at
-        most ``max_batch`` at a time."""
+    def __call__(self, inputs: list[np.ndarray], flip: bool = False) -> list[np.ndarray]:
+        """Probabilities (h x w float32) for each ``(6, h, w)`` input. With ``flip`` each input also
+        runs mirrored left-right and the two maps are averaged (test-time flip: twice the network time)."""
+        if not flip:
+            return self._batched(inputs)
+        probs = self._batched(list(inputs) + [np.ascontiguousarray(x[:, :, ::-1]) for x in inputs])
+        return [(p + mirrored[:, ::-1]) / 2 for p, mirrored in zip(probs[:len(inputs)], probs[len(inputs):])]
+
+    def _batched(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """``__call__`` without flip: same sizes run batched, at most ``max_batch`` at a time."""
         outputs: list[np.ndarray | None] = [None] * len(inputs)
         by_size: dict[tuple, list[int]] = {}
         for i, x in enumerate(inputs):

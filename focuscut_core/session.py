@@ -30,12 +30,14 @@ from .views import (PAD_RGB, Box, as_rgb_uint8, crop_square, nearest_square, res
                     short_side_size, square_overlap, zoom_in_box)
 
 MODES = ("global", "focus", "pfs", "fast_pfs")
+FLIPS = ("none", "global", "all")
 STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Inference settings; the defaults are the paper's, except the view sizes (the network's own)."""
+    """Inference settings; the defaults are the paper's, except the view sizes (the network's own)
+    and the test-time flip (fewer clicks on held-out images, at twice the network time)."""
 
     mode: str = "fast_pfs"  # one of MODES: global view only, + focus view, + PFS, + fast PFS
     short_side: int | None = None  # global view: short side of the network input, px (None: the
@@ -55,10 +57,15 @@ class InferenceConfig:
     max_focus_points: int | None = None  # re-run only the latest N focus points (None: all)
     focus_reuse_tolerance: float | None = 0.0  # reuse a focus result if at most this share of its
     # crop's global mask changed (and no click reaching the crop did); 0: identical inputs; None: never
+    flip: str = "all"  # one of FLIPS: views also run mirrored left-right, probabilities averaged
+    # (test-time flip, not in the paper): none (the paper's), the global view only, or every view
+
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.flip not in FLIPS:
+            raise ValueError(f"flip must be one of {FLIPS}, got {self.flip!r}")
 
     def sized_for(self, input_size: int) -> "InferenceConfig":
         """This config with unset view sizes set to a network's training crop size (px)."""
@@ -180,7 +187,7 @@ class Session:
         prev = resize(prev_mask[y0:y1, x0:x1].astype(np.uint8), h, w, nearest=True)
         x = view_input(rgb, prev, self.clicks, h / (y1 - y0), w / (x1 - x0), y0, x0)
         probs = np.zeros((self.height, self.width), np.float32)
-        probs[y0:y1, x0:x1] = resize(self.predictor([x])[0], y1 - y0, x1 - x0)
+        probs[y0:y1, x0:x1] = resize(self.predictor([x], self.config.flip != "none")[0], y1 - y0, x1 - x0)
         return probs
 
     # --- the focus view -----------------------------------------------------------------
@@ -234,6 +241,10 @@ class Session:
             return False
         return np.count_nonzero(old.prev != prev) <= self.config.focus_reuse_tolerance * prev.size
 
+    def _run_crops(self, global_mask: np.ndarray, crops) -> list[np.ndarray]:
+        """The network's probabilities (focus_size x focus_size) on each focus crop."""
+        return self.predictor(self._crop_inputs(global_mask, crops), self.config.flip == "all")
+
     def _crop_inputs(self, global_mask: np.ndarray, crops) -> list[np.ndarray]:
         """Network inputs for square crops [(row, col, radius, prev_mask_patch or None)]."""
         size = self.config.focus_size
@@ -266,7 +277,7 @@ class Session:
                 inner = _centre(patches[i], first, radii[i])
                 crops.append((row, col, radii[i], inner >= 0.5))
             outs = [resize(p, 2 * c[2] + 1, 2 * c[2] + 1)
-                    for p, c in zip(self.predictor(self._crop_inputs(global_mask, crops)), crops)]
+                    for p, c in zip(self._run_crops(global_mask, crops), crops)]
             still = []
             for i, (row, col, radius, prev), out in zip(active, crops, outs):
                 _centre(patches[i], points[i][2], radius)[...] = out
@@ -290,7 +301,7 @@ class Session:
             for rad in fast_pfs_radii(radius, self.config.pfs_rounds, self.config.fast_shrink):
                 crops.append((row, col, rad, None))
                 owners.append(i)
-        outs = self.predictor(self._crop_inputs(global_mask, crops))
+        outs = self._run_crops(global_mask, crops)
         windows = [_window(global_probs.shape, p) for p in points]
         patches = [np.empty((rows.stop - rows.start, cols.stop - cols.start), np.float32) for rows, cols in windows]
         for i, (row, col, rad, _), out in zip(owners, crops, outs):  # the full range first, finer ones override

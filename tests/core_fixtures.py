@@ -14,13 +14,14 @@ def tiny_predictor(seed: int = 0) -> Predictor:
 
 class ScriptedPredictor(Predictor):
     """A real Predictor whose outputs are a function of its inputs: ``fn(x (6, h, w)) -> (h, w)``.
-    Lets a test steer the session's control flow; records how many inputs each call got."""
+    Lets a test steer the session's control flow; records how many inputs each network call got
+    (a test-time flip doubles them)."""
 
     def __init__(self, fn, input_size: int = 384):
         super().__init__(FocusCutNet(NetworkSpec(input_size=input_size)), torch.device("cpu"), version="scripted")
         self.fn, self.calls = fn, []
 
-    def __call__(self, inputs):
+    def _batched(self, inputs):
         self.calls.append(len(inputs))
         return [self.fn(x).astype(np.float32) for x in inputs]
 

@@ -161,8 +161,12 @@ def test_cli_takes_every_nth_object_at_a_chosen_view_size(tmp_path):
     weights = save_weights(tmp_path / "random.pt", FocusCutNet(NetworkSpec()), {"version": "random-test"})
     out = tmp_path / "r.json"
     assert main([str(GRABCUT), "--weights", str(weights), "--modes", "global", "--peers", "", "--max-clicks", "1",
-                 "--every", "20", "--view-size", "64", "--out", str(out)]) == 0
-    names = [r["image"] for r in json.loads(out.read_text())["per_image"]["focuscut:global"]]
+                 "--every", "20", "--view-size", "64", "--flip", "global", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    names = [r["image"] for r in report["per_image"]["focuscut:global"]]
     assert names == [s.name for s in list_samples(GRABCUT)[::20]]
+    assert (report["inference"]["short_side"], report["inference"]["flip"]) == (64, "global")
     with pytest.raises(SystemExit):
         main([str(GRABCUT), "--every", "0"])
+    with pytest.raises(SystemExit):
+        main([str(GRABCUT), "--flip", "vertical"])

@@ -131,3 +131,19 @@ def test_onnx_runtime_gives_the_torch_probabilities(tmp_path):
     assert isinstance(make_predictor(net, torch.device("cpu"), "v", "torch"), Predictor)
     with pytest.raises(ValueError):
         make_predictor(net, torch.device("cpu"), "v", "tensorrt")
+
+
+def test_flip_averages_the_mirrored_pass_and_is_mirror_symmetric():
+    import numpy as np
+
+    from focuscut_core.predictor import Predictor
+
+    torch.manual_seed(0)
+    predictor = Predictor(FocusCutNet(NetworkSpec()), torch.device("cpu"), "v")
+    x = np.random.default_rng(0).standard_normal((6, 48, 80)).astype(np.float32)
+    mirrored = np.ascontiguousarray(x[:, :, ::-1])
+    plain, plain_mirrored = predictor([x, mirrored])
+    assert np.abs(plain - plain_mirrored[:, ::-1]).max() > 1e-5  # the network alone is not symmetric
+    flipped, flipped_mirrored = predictor([x, mirrored], flip=True)
+    np.testing.assert_allclose(flipped, (plain + plain_mirrored[:, ::-1]) / 2, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(flipped_mirrored, flipped[:, ::-1], rtol=0, atol=1e-7)

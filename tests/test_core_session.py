@@ -121,7 +121,7 @@ def test_pfs_stops_after_one_round_when_the_patch_does_not_change():
     # The network returns its previous-mask channel: nothing ever changes, so PFS stops at round 1.
     pred = ScriptedPredictor(_prev_mask)
     image, _ = blob_image()
-    session = Session(pred, image, InferenceConfig(mode="pfs"))
+    session = Session(pred, image, InferenceConfig(mode="pfs", flip="none"))
     session.add_click(Click(24, 32))
     pred.calls.clear()
     session.add_click(Click(10, 10, False))
@@ -134,7 +134,7 @@ def test_pfs_runs_t_rounds_while_the_patch_keeps_changing():
     # crops (64 px) flip it, so every PFS round sees a change.
     pred = ScriptedPredictor(lambda x: 1.0 - x[5] if x.shape[1] == 64 else x[5])
     image, _ = blob_image(64, 96)
-    session = Session(pred, image, InferenceConfig(mode="pfs", pfs_rounds=3, focus_size=64))
+    session = Session(pred, image, InferenceConfig(mode="pfs", pfs_rounds=3, focus_size=64, flip="none"))
     session.add_click(Click(32, 32))
     pred.calls.clear()
     session.add_click(Click(40, 40, False))
@@ -146,7 +146,7 @@ def test_pfs_runs_t_rounds_while_the_patch_keeps_changing():
 def test_fast_pfs_runs_three_crops_per_focus_point_in_one_batch():
     pred = ScriptedPredictor(_prev_mask)
     image, _ = blob_image()
-    session = Session(pred, image, InferenceConfig(mode="fast_pfs"))
+    session = Session(pred, image, InferenceConfig(mode="fast_pfs", flip="none"))
     session.add_click(Click(24, 32))
     session.add_click(Click(10, 10, False))
     pred.calls.clear()
@@ -155,10 +155,24 @@ def test_fast_pfs_runs_three_crops_per_focus_point_in_one_batch():
     assert pred.calls == [1, 6]  # global view, then 2 points x 3 ranges in one call
 
 
+@pytest.mark.parametrize("flip, calls", [("none", [1, 6]), ("global", [2, 6]), ("all", [2, 12])])
+def test_flip_runs_the_chosen_views_twice(flip, calls):
+    pred = ScriptedPredictor(_prev_mask)
+    image, _ = blob_image()
+    session = Session(pred, image, InferenceConfig(mode="fast_pfs", flip=flip))
+    session.add_click(Click(24, 32))
+    session.add_click(Click(10, 10, False))
+    pred.calls.clear()
+    session.add_click(Click(40, 60, False))
+    assert len(session.focus_points) == 2 and pred.calls == calls
+    with pytest.raises(ValueError, match="flip"):
+        InferenceConfig(flip="both")
+
+
 def test_global_mode_never_focuses():
     pred = ScriptedPredictor(_prev_mask)
     image, _ = blob_image()
-    session = Session(pred, image, InferenceConfig(mode="global"))
+    session = Session(pred, image, InferenceConfig(mode="global", flip="none"))
     for c in (Click(24, 32), Click(10, 10, False), Click(30, 30)):
         session.add_click(c)
     assert session.focus_points == [] and all(n == 1 for n in pred.calls)
@@ -205,7 +219,7 @@ def _discs_at_positive_clicks(x):
 
 # The global view is always the whole image (the Zoom-In box never shrinks), so what a click far
 # from a focus point does to the global mask stays out of that point's crop.
-WHOLE_VIEW = dict(mode="fast_pfs", zoom_min_ratio=2.0, short_side=192, focus_size=96)
+WHOLE_VIEW = dict(mode="fast_pfs", zoom_min_ratio=2.0, short_side=192, focus_size=96, flip="none")  # one pass per view
 
 
 def _focused_session(pred):
