@@ -2,7 +2,8 @@
 OpenCV GrabCut peer on the same robot clicks for a side-by-side ratio.
 
     python benchmarks/speed.py [--weights W] [--sizes 0.3,1,4,12] [--modes global,focus,pfs,fast_pfs]
-        [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--focus-reuse 0|off|TOL] [--device cpu]
+        [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--focus-reuse 0|off|TOL] [--flip auto|none|global|all]
+        [--device cpu]
         [--out benchmarks/results/speed-cpu.json]
 
 Images are GrabCut images (and their masks) resized to each size in megapixels; a robot user
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from focuscut_core import MODES, InferenceConfig, Session, next_robot_click  # noqa: E402
+from focuscut_core.session import FLIPS  # noqa: E402
 from focuscut_core.data import data_root, list_samples, load_sample  # noqa: E402
 from focuscut_core.peers import GrabCutSession  # noqa: E402
 from focuscut_core.weights import load_predictor  # noqa: E402
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-focus-points", type=int, help="InferenceConfig.max_focus_points")
     parser.add_argument("--focus-reuse", default="0",
                         help="InferenceConfig.focus_reuse_tolerance: a share of changed crop pixels, or off")
+    parser.add_argument("--flip", choices=FLIPS, default=InferenceConfig.flip, help="InferenceConfig.flip")
     parser.add_argument("--device")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed-cpu.json")
@@ -125,12 +128,13 @@ def main(argv=None) -> int:
     predictor = load_predictor(args.weights, args.device)
     cuda = predictor.device.type == "cuda"
     samples = list_samples(data_root() / "grabcut")[: args.images]
+    flip = InferenceConfig(flip=args.flip).resolved_for(predictor).flip  # "auto" as this device resolves it
     rows = []
     for mp in [float(s) for s in args.sizes.split(",")]:
         pairs = [resized_pair(s, mp) for s in samples]
         clicks_by_image = {}
         for mode in args.modes.split(","):
-            config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points,
+            config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points, flip=flip,
                                      focus_reuse_tolerance=None if args.focus_reuse == "off" else float(args.focus_reuse))
             start = lambda image, c=config: Session(predictor, image, c)  # noqa: E731
             robot_sequence(start, *pairs[0], 2)  # warm-up
@@ -161,12 +165,12 @@ def main(argv=None) -> int:
         r["vs_fast_pfs"] = r["p50"] / fast[r["mp"]] if fast.get(r["mp"]) and r["p50"] else None
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
     report = {"device": device, "weights": predictor.version, "torch": torch.__version__,
-              "images": args.images, "clicks": args.clicks, "focus_reuse": args.focus_reuse,
+              "images": args.images, "clicks": args.clicks, "focus_reuse": args.focus_reuse, "flip": flip,
               "max_focus_points": args.max_focus_points, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"device: {device}; weights: {predictor.version}\n")
-    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}\n")
+    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}; flip: {flip}\n")
     print("| MP | method | first click s | p50 s | p95 s | peak RSS MB | p50 / fast PFS | focus crops re-run |"
           + (" GPU MB |" if cuda else ""))
     print("|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))
