@@ -37,7 +37,7 @@ class Settings:
     weights: str | None  # FOCUSCUT_WEIGHTS: default weights file (else the shipped one)
     device: str | None  # FOCUSCUT_DEVICE: "cpu", "cuda", "cuda:1"; unset: CUDA when present
     mode: str  # FOCUSCUT_MODE: global | focus | pfs | fast_pfs
-    flip: str  # FOCUSCUT_FLIP: test-time flip of the views: auto | none | global | all
+    flip: str  # FOCUSCUT_FLIP: test-time flip of the views: none | global | all
     max_focus_points: int | None  # FOCUSCUT_MAX_FOCUS_POINTS: re-run only the latest N focus points per click (unset: all, as the paper)
     focus_reuse: float | None  # FOCUSCUT_FOCUS_REUSE: share of a focus crop's mask that may change for its last result to be reused (0: identical inputs only; "off": never)
     cache_dir: Path  # FOCUSCUT_CACHE_DIR: downloaded images

@@ -2,7 +2,7 @@
 OpenCV GrabCut peer on the same robot clicks for a side-by-side ratio.
 
     python benchmarks/speed.py [--weights W] [--sizes 0.3,1,4,12] [--modes global,focus,pfs,fast_pfs]
-        [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--focus-reuse 0|off|TOL] [--flip auto|none|global|all]
+        [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--focus-reuse 0|off|TOL] [--flip none|global|all]
         [--device cpu]
         [--out benchmarks/results/speed-cpu.json]
 
@@ -128,13 +128,12 @@ def main(argv=None) -> int:
     predictor = load_predictor(args.weights, args.device)
     cuda = predictor.device.type == "cuda"
     samples = list_samples(data_root() / "grabcut")[: args.images]
-    flip = InferenceConfig(flip=args.flip).resolved_for(predictor).flip  # "auto" as this device resolves it
     rows = []
     for mp in [float(s) for s in args.sizes.split(",")]:
         pairs = [resized_pair(s, mp) for s in samples]
         clicks_by_image = {}
         for mode in args.modes.split(","):
-            config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points, flip=flip,
+            config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points, flip=args.flip,
                                      focus_reuse_tolerance=None if args.focus_reuse == "off" else float(args.focus_reuse))
             start = lambda image, c=config: Session(predictor, image, c)  # noqa: E731
             robot_sequence(start, *pairs[0], 2)  # warm-up
@@ -165,12 +164,12 @@ def main(argv=None) -> int:
         r["vs_fast_pfs"] = r["p50"] / fast[r["mp"]] if fast.get(r["mp"]) and r["p50"] else None
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
     report = {"device": device, "weights": predictor.version, "torch": torch.__version__,
-              "images": args.images, "clicks": args.clicks, "focus_reuse": args.focus_reuse, "flip": flip,
+              "images": args.images, "clicks": args.clicks, "focus_reuse": args.focus_reuse, "flip": args.flip,
               "max_focus_points": args.max_focus_points, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"device: {device}; weights: {predictor.version}\n")
-    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}; flip: {flip}\n")
+    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}; flip: {args.flip}\n")
     print("| MP | method | first click s | p50 s | p95 s | peak RSS MB | p50 / fast PFS | focus crops re-run |"
           + (" GPU MB |" if cuda else ""))
     print("|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))

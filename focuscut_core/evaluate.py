@@ -2,7 +2,7 @@
 
     python -m focuscut_core.evaluate DATASET_DIR [--weights W] [--modes global,focus,pfs,fast_pfs]
         [--peers grabcut] [--max-clicks 20] [--stop-iou 0.9] [--skip K] [--every E] [--limit N] [--view-size PX]
-        [--flip auto|none|global|all]
+        [--flip none|global|all]
         [--out report.json] [--plot curve.png]
     python -m focuscut_core.evaluate --merge shard1.json shard2.json --out report.json
 
@@ -110,7 +110,7 @@ def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pf
             log.flush()
     if log:
         log.write("\n")
-    settings = {k: v for k, v in asdict(config.resolved_for(predictor)).items() if k != "mode"} if modes else None
+    settings = {k: v for k, v in asdict(config.sized_for(predictor.input_size)).items() if k != "mode"} if modes else None
     return report_of(str(dataset), max_clicks, stop_iou, getattr(predictor, "version", None), records, settings)
 
 

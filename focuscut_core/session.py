@@ -30,14 +30,14 @@ from .views import (PAD_RGB, Box, as_rgb_uint8, crop_square, nearest_square, res
                     short_side_size, square_overlap, zoom_in_box)
 
 MODES = ("global", "focus", "pfs", "fast_pfs")
-FLIPS = ("auto", "none", "global", "all")
+FLIPS = ("none", "global", "all")
 STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     """Inference settings; the defaults are the paper's, except the view sizes (the network's own)
-    and the test-time flip (fewer clicks on held-out images, for more network time)."""
+    and the test-time flip of the global view (fewer clicks on held-out images)."""
 
     mode: str = "fast_pfs"  # one of MODES: global view only, + focus view, + PFS, + fast PFS
     short_side: int | None = None  # global view: short side of the network input, px (None: the
@@ -57,9 +57,9 @@ class InferenceConfig:
     max_focus_points: int | None = None  # re-run only the latest N focus points (None: all)
     focus_reuse_tolerance: float | None = 0.0  # reuse a focus result if at most this share of its
     # crop's global mask changed (and no click reaching the crop did); 0: identical inputs; None: never
-    flip: str = "auto"  # one of FLIPS: views also run mirrored left-right, probabilities averaged
-    # (test-time flip, not in the paper): none (the paper's), the global view only, every view
-    # (twice the network time), or auto: every view on a GPU, the global view only on a CPU
+    flip: str = "global"  # one of FLIPS: views also run mirrored left-right, probabilities averaged
+    # (test-time flip, not in the paper): none (the paper's), the global view only (nearly free), or
+    # every view (twice the network time; on held-out images no better than the global view alone)
 
 
     def __post_init__(self):
@@ -68,12 +68,9 @@ class InferenceConfig:
         if self.flip not in FLIPS:
             raise ValueError(f"flip must be one of {FLIPS}, got {self.flip!r}")
 
-    def resolved_for(self, predictor: Predictor) -> "InferenceConfig":
-        """This config for a predictor: unset view sizes set to its network's training crop size
-        (px), flip "auto" to "all" on a GPU and "global" on a CPU."""
-        flip = self.flip if self.flip != "auto" else "all" if predictor.device.type == "cuda" else "global"
-        return replace(self, short_side=self.short_side or predictor.input_size,
-                       focus_size=self.focus_size or predictor.input_size, flip=flip)
+    def sized_for(self, input_size: int) -> "InferenceConfig":
+        """This config with unset view sizes set to a network's training crop size (px)."""
+        return replace(self, short_side=self.short_side or input_size, focus_size=self.focus_size or input_size)
 
 
 @dataclass
@@ -98,7 +95,7 @@ class Session:
 
     def __init__(self, predictor: Predictor, image: np.ndarray, config: InferenceConfig = InferenceConfig()):
         self.predictor = predictor
-        self.config = config.resolved_for(predictor)
+        self.config = config.sized_for(predictor.input_size)
         self.image = as_rgb_uint8(image)
         self.height, self.width = self.image.shape[:2]
         self.clicks: list[Click] = []

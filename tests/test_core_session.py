@@ -1,10 +1,8 @@
 """The click-by-click session: modes, focus rounds, state round-trips, replay, undo, bad input."""
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from core_fixtures import ScriptedPredictor, blob_image, tiny_predictor
 from focuscut_core import MODES, Click, InferenceConfig, Session, replay
@@ -169,14 +167,6 @@ def test_flip_runs_the_chosen_views_twice(flip, calls):
     assert len(session.focus_points) == 2 and pred.calls == calls
     with pytest.raises(ValueError, match="flip"):
         InferenceConfig(flip="both")
-
-
-def test_auto_flip_is_every_view_on_a_gpu_and_the_global_view_on_a_cpu():
-    cpu = ScriptedPredictor(_prev_mask, input_size=64)
-    assert Session(cpu, blob_image()[0]).config.flip == "global"
-    gpu = SimpleNamespace(input_size=64, device=torch.device("cuda"))  # resolving needs no GPU
-    assert InferenceConfig().resolved_for(gpu).flip == "all"
-    assert InferenceConfig(flip="none").resolved_for(gpu).flip == "none"
 
 
 def test_global_mode_never_focuses():
