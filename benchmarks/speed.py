@@ -31,8 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from focuscut_core import MODES, InferenceConfig, Session, next_robot_click  # noqa: E402
-from focuscut_core.session import FLIPS  # noqa: E402
+from focuscut_core import FLIPS, MODES, InferenceConfig, Session, next_robot_click  # noqa: E402
 from focuscut_core.data import data_root, list_samples, load_sample  # noqa: E402
 from focuscut_core.peers import GrabCutSession  # noqa: E402
 from focuscut_core.weights import load_predictor  # noqa: E402

@@ -110,8 +110,10 @@ def evaluate_dataset(predictor: Predictor | None, dataset: Path, modes=("fast_pf
             log.flush()
     if log:
         log.write("\n")
-    settings = {k: v for k, v in asdict(config.sized_for(predictor.input_size)).items() if k != "mode"} if modes else None
-    return report_of(str(dataset), max_clicks, stop_iou, getattr(predictor, "version", None), records, settings)
+    inference = None
+    if modes:  # the settings every mode ran with, view sizes as the network sets them
+        inference = {k: v for k, v in asdict(config.sized_for(predictor.input_size)).items() if k != "mode"}
+    return report_of(str(dataset), max_clicks, stop_iou, getattr(predictor, "version", None), records, inference)
 
 
 def report_of(dataset: str, max_clicks: int, stop_iou: float | None, weights: str | None, records: dict,
