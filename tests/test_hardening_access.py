@@ -249,3 +249,23 @@ def test_no_debugger_and_half_set_auth_refuses_to_start(monkeypatch, tmp_path):
             create_app()
     finally:
         settings_module.get.cache_clear()
+
+
+@pytest.mark.parametrize("name, value, message", [("FOCUSCUT_MODE", "fastest", "mode must be one of"),
+                                                  ("FOCUSCUT_FLIP", "vertical", "flip must be one of"),
+                                                  ("FOCUSCUT_GLOBAL_SCALES", "1;1.25", "comma-separated"),
+                                                  ("FOCUSCUT_GLOBAL_SCALES", "1,10", "global_scales must be")])
+def test_bad_inference_settings_refuse_to_start(monkeypatch, tmp_path, name, value, message):
+    """A mistyped inference setting stops the worker at start with what is wrong, instead of
+    answering every /predict with a 500."""
+    from backend import settings as settings_module
+    from backend.api import create_app
+
+    monkeypatch.setenv("FOCUSCUT_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv(name, value)
+    settings_module.get.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=message):
+            create_app()
+    finally:
+        settings_module.get.cache_clear()
