@@ -109,8 +109,7 @@ def _unexpected(exc: Exception):
 
 
 def create_app() -> Flask:
-    """The Flask app; checks the settings (a bad FOCUSCUT_MODE, FOCUSCUT_FLIP or FOCUSCUT_GLOBAL_SCALES
-    fails here, at worker start)."""
+    """The Flask app; checks the settings (a bad FOCUSCUT_MODE or FOCUSCUT_FLIP fails here, at worker start)."""
     s = settings_module.get()
     settings_module.inference_config(s)
     if not logging.getLogger().handlers:

@@ -38,7 +38,6 @@ class Settings:
     device: str | None  # FOCUSCUT_DEVICE: "cpu", "cuda", "cuda:1"; unset: CUDA when present
     mode: str  # FOCUSCUT_MODE: global | focus | pfs | fast_pfs
     flip: str  # FOCUSCUT_FLIP: test-time flip of the views: none | global | all
-    global_scales: str  # FOCUSCUT_GLOBAL_SCALES: comma-separated factors of the global view's size, averaged
     max_focus_points: int | None  # FOCUSCUT_MAX_FOCUS_POINTS: re-run only the latest N focus points per click (unset: all, as the paper)
     focus_reuse: float | None  # FOCUSCUT_FOCUS_REUSE: share of a focus crop's mask that may change for its last result to be reused (0: identical inputs only; "off": never)
     cache_dir: Path  # FOCUSCUT_CACHE_DIR: downloaded images
@@ -67,8 +66,7 @@ class Settings:
 def inference_config(s: Settings, mode: str | None = None) -> InferenceConfig:
     """The core's inference settings for serving (``mode`` overrides FOCUSCUT_MODE)."""
     return InferenceConfig(mode=mode or s.mode, max_focus_points=s.max_focus_points,
-                           focus_reuse_tolerance=s.focus_reuse, flip=s.flip,
-                           global_scales=InferenceConfig.parse_scales(s.global_scales))
+                           focus_reuse_tolerance=s.focus_reuse, flip=s.flip)
 
 
 def load() -> Settings:
@@ -82,7 +80,6 @@ def load() -> Settings:
         device=_str("FOCUSCUT_DEVICE"),
         mode=_str("FOCUSCUT_MODE", "fast_pfs"),
         flip=_str("FOCUSCUT_FLIP", InferenceConfig.flip),
-        global_scales=_str("FOCUSCUT_GLOBAL_SCALES", ",".join(map(str, InferenceConfig.global_scales))),
         max_focus_points=_int("FOCUSCUT_MAX_FOCUS_POINTS", 0) or None,
         focus_reuse=None if _str("FOCUSCUT_FOCUS_REUSE", "0").lower() == "off" else _float("FOCUSCUT_FOCUS_REUSE", 0.0),
         cache_dir=Path(_str("FOCUSCUT_CACHE_DIR", os.path.expanduser("~/.cache/focuscut/images"))),

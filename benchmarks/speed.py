@@ -3,7 +3,7 @@ OpenCV GrabCut peer on the same robot clicks for a side-by-side ratio.
 
     python benchmarks/speed.py [--weights W] [--sizes 0.3,1,4,12] [--modes global,focus,pfs,fast_pfs]
         [--images 3] [--clicks 6] [--grabcut-max-mp 4] [--focus-reuse 0|off|TOL] [--flip none|global|all]
-        [--global-scales 1,1.25] [--device cpu]
+        [--device cpu]
         [--out benchmarks/results/speed-cpu.json]
 
 Images are GrabCut images (and their masks) resized to each size in megapixels; a robot user
@@ -118,8 +118,6 @@ def main(argv=None) -> int:
     parser.add_argument("--focus-reuse", default="0",
                         help="InferenceConfig.focus_reuse_tolerance: a share of changed crop pixels, or off")
     parser.add_argument("--flip", choices=FLIPS, default=InferenceConfig.flip, help="InferenceConfig.flip")
-    parser.add_argument("--global-scales", type=InferenceConfig.parse_scales,
-                        default=InferenceConfig.global_scales, help="InferenceConfig.global_scales, e.g. 1,1.25")
     parser.add_argument("--device")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed-cpu.json")
@@ -134,9 +132,8 @@ def main(argv=None) -> int:
         pairs = [resized_pair(s, mp) for s in samples]
         clicks_by_image = {}
         for mode in args.modes.split(","):
-            reuse = None if args.focus_reuse == "off" else float(args.focus_reuse)
             config = InferenceConfig(mode=mode, max_focus_points=args.max_focus_points, flip=args.flip,
-                                     global_scales=args.global_scales, focus_reuse_tolerance=reuse)
+                                     focus_reuse_tolerance=None if args.focus_reuse == "off" else float(args.focus_reuse))
             start = lambda image, c=config: Session(predictor, image, c)  # noqa: E731
             robot_sequence(start, *pairs[0], 2)  # warm-up
             if cuda:
@@ -167,12 +164,11 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
     report = {"device": device, "weights": predictor.version, "torch": torch.__version__,
               "images": args.images, "clicks": args.clicks, "focus_reuse": args.focus_reuse, "flip": args.flip,
-              "global_scales": list(args.global_scales), "max_focus_points": args.max_focus_points, "rows": rows}
+              "max_focus_points": args.max_focus_points, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"device: {device}; weights: {predictor.version}\n")
-    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}; flip: {args.flip}; "
-          f"global scales: {','.join(map(str, args.global_scales))}\n")
+    print(f"focus reuse: {args.focus_reuse}; max focus points: {args.max_focus_points or 'all'}; flip: {args.flip}\n")
     print("| MP | method | first click s | p50 s | p95 s | peak RSS MB | p50 / fast PFS | focus crops re-run |"
           + (" GPU MB |" if cuda else ""))
     print("|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""))

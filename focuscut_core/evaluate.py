@@ -222,9 +222,6 @@ def main(argv=None) -> int:
                         "(default: the network's training crop size)")
     parser.add_argument("--flip", choices=FLIPS, default=InferenceConfig.flip,
                         help="test-time flip: views also run mirrored, averaged (default: %(default)s)")
-    parser.add_argument("--global-scales", type=_scales, default=InferenceConfig.global_scales,
-                        help="comma-separated factors of the global view's short side, averaged "
-                             "(default: %(default)s)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="REPORT",
                         help="merge reports of disjoint shards into --out instead of evaluating")
     parser.add_argument("--stop-iou", type=float, help="the robot stops once a mask reaches this IoU "
@@ -259,16 +256,8 @@ def main(argv=None) -> int:
     report = evaluate_dataset(predictor, args.dataset, modes, peers, args.max_clicks, args.limit,
                               stop_iou=args.stop_iou, skip=args.skip, every=args.every,
                               config=InferenceConfig(short_side=args.view_size, focus_size=args.view_size,
-                                                     flip=args.flip, global_scales=args.global_scales))
+                                                     flip=args.flip))
     return _write(report, args.out, args.plot)
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    """argparse type of --global-scales: '1,1.25' -> (1.0, 1.25), each in [0.25, 4]."""
-    try:
-        return InferenceConfig(global_scales=InferenceConfig.parse_scales(text)).global_scales
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _write(report: dict, out: Path, plot: Path | None) -> int:

@@ -57,8 +57,6 @@ class InferenceConfig:
     max_focus_points: int | None = None  # re-run only the latest N focus points (None: all)
     focus_reuse_tolerance: float | None = 0.0  # reuse a focus result if at most this share of its
     # crop's global mask changed (and no click reaching the crop did); 0: identical inputs; None: never
-    global_scales: tuple[float, ...] = (1.0,)  # the global view runs at each short_side * scale and
-    # the probabilities are averaged (test-time multi-scale, not in the paper; (1.0,): one view)
     flip: str = "global"  # one of FLIPS: views also run mirrored left-right, probabilities averaged
     # (test-time flip, not in the paper): none (the paper's), the global view only (nearly free), or
     # every view (twice the network time; on held-out images no better than the global view alone)
@@ -69,17 +67,6 @@ class InferenceConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.flip not in FLIPS:
             raise ValueError(f"flip must be one of {FLIPS}, got {self.flip!r}")
-        object.__setattr__(self, "global_scales", tuple(self.global_scales))  # a restored state gives a list
-        if not self.global_scales or not all(0.25 <= s <= 4 for s in self.global_scales):
-            raise ValueError(f"global_scales must be one or more factors in [0.25, 4], got {self.global_scales!r}")
-
-    @staticmethod
-    def parse_scales(text: str) -> tuple[float, ...]:
-        """'1,1.25' -> (1.0, 1.25) (ValueError if not comma-separated numbers; ranges are checked on use)."""
-        try:
-            return tuple(float(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise ValueError(f"global scales must be comma-separated numbers, got {text!r}") from None
 
     def sized_for(self, input_size: int) -> "InferenceConfig":
         """This config with unset view sizes set to a network's training crop size (px)."""
@@ -114,7 +101,7 @@ class Session:
         self.clicks: list[Click] = []
         self._now = _Snapshot(np.zeros((self.height, self.width), np.uint8), None)
         self._history: list[_Snapshot] = []
-        self._view_cache: dict[tuple[Box, tuple[int, int]], np.ndarray] = {}  # the current box's resized views
+        self._view_cache: tuple[Box, tuple[int, int], np.ndarray] | None = None
         self._focus_results: dict[tuple[int, int, int], _FocusResult] = {}
         self._crop_rgb: dict[tuple[int, int, int], np.ndarray] = {}  # (row, col, radius) -> resized crop
         self.focus_runs = (0, 0)  # the last click's (focus points, of which re-run)
@@ -193,21 +180,15 @@ class Session:
         return self._run_global(box, prev_mask), box
 
     def _run_global(self, box: Box, prev_mask: np.ndarray) -> np.ndarray:
-        """P at full resolution (float32): the box's view at each of ``global_scales``, averaged."""
         y0, x0, y1, x1 = box
-        self._view_cache = {key: rgb for key, rgb in self._view_cache.items() if key[0] == box}
-        inputs = []
-        for scale in self.config.global_scales:
-            h, w = short_side_size(y1 - y0, x1 - x0, round(self.config.short_side * scale),
-                                   max_long_side=round(self.config.max_long_side * scale))
-            if (box, (h, w)) not in self._view_cache:
-                self._view_cache[box, (h, w)] = resize(self.image[y0:y1, x0:x1], h, w)
-            prev = resize(prev_mask[y0:y1, x0:x1].astype(np.uint8), h, w, nearest=True)
-            inputs.append(view_input(self._view_cache[box, (h, w)], prev, self.clicks, h / (y1 - y0),
-                                     w / (x1 - x0), y0, x0))
-        outputs = self.predictor(inputs, self.config.flip != "none")
+        h, w = short_side_size(y1 - y0, x1 - x0, self.config.short_side, max_long_side=self.config.max_long_side)
+        if self._view_cache is None or self._view_cache[:2] != (box, (h, w)):
+            self._view_cache = (box, (h, w), resize(self.image[y0:y1, x0:x1], h, w))
+        rgb = self._view_cache[2]
+        prev = resize(prev_mask[y0:y1, x0:x1].astype(np.uint8), h, w, nearest=True)
+        x = view_input(rgb, prev, self.clicks, h / (y1 - y0), w / (x1 - x0), y0, x0)
         probs = np.zeros((self.height, self.width), np.float32)
-        probs[y0:y1, x0:x1] = np.mean([resize(p, y1 - y0, x1 - x0) for p in outputs], axis=0)
+        probs[y0:y1, x0:x1] = resize(self.predictor([x], self.config.flip != "none")[0], y1 - y0, x1 - x0)
         return probs
 
     # --- the focus view -----------------------------------------------------------------

@@ -161,15 +161,12 @@ def test_cli_takes_every_nth_object_at_a_chosen_view_size(tmp_path):
     weights = save_weights(tmp_path / "random.pt", FocusCutNet(NetworkSpec()), {"version": "random-test"})
     out = tmp_path / "r.json"
     assert main([str(GRABCUT), "--weights", str(weights), "--modes", "global", "--peers", "", "--max-clicks", "1",
-                 "--every", "20", "--view-size", "64", "--flip", "global", "--global-scales", "1,1.5", "--out", str(out)]) == 0
+                 "--every", "20", "--view-size", "64", "--flip", "global", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     names = [r["image"] for r in report["per_image"]["focuscut:global"]]
     assert names == [s.name for s in list_samples(GRABCUT)[::20]]
     assert (report["inference"]["short_side"], report["inference"]["flip"]) == (64, "global")
-    assert report["inference"]["global_scales"] == [1.0, 1.5]
     with pytest.raises(SystemExit):
         main([str(GRABCUT), "--every", "0"])
     with pytest.raises(SystemExit):
         main([str(GRABCUT), "--flip", "vertical"])
-    with pytest.raises(SystemExit):
-        main([str(GRABCUT), "--global-scales", "1,9"])

@@ -169,27 +169,6 @@ def test_flip_runs_the_chosen_views_twice(flip, calls):
         InferenceConfig(flip="both")
 
 
-def test_global_scales_average_views_of_each_size():
-    # The scripted network says 0.9 on the larger global view and 0.3 on the smaller: the session
-    # averages them (0.6) over the view's box; each scale runs once, at short_side * scale.
-    pred = ScriptedPredictor(lambda x: np.full(x.shape[1:], 0.9 if min(x.shape[1:]) > 64 else 0.3))
-    image, _ = blob_image()
-    config = InferenceConfig(mode="global", flip="none", short_side=64, global_scales=(1.0, 1.5),
-                             zoom_min_ratio=2.0)  # the Zoom-In box is the whole image
-    session = Session(pred, image, config)
-    session.add_click(Click(24, 32))
-    assert np.allclose(session.probabilities, 0.6, atol=1 / 255)
-    session.add_click(Click(30, 40))
-    assert pred.calls[-1] == 2
-    with pytest.raises(ValueError, match="global_scales"):
-        InferenceConfig(global_scales=())
-    with pytest.raises(ValueError, match="global_scales"):
-        InferenceConfig(global_scales=(1.0, 8.0))
-    assert InferenceConfig.parse_scales(" 1, 1.25 ") == (1.0, 1.25)
-    with pytest.raises(ValueError, match="comma-separated"):
-        InferenceConfig.parse_scales("1;1.25")
-
-
 def test_global_mode_never_focuses():
     pred = ScriptedPredictor(_prev_mask)
     image, _ = blob_image()

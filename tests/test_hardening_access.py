@@ -252,9 +252,7 @@ def test_no_debugger_and_half_set_auth_refuses_to_start(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("name, value, message", [("FOCUSCUT_MODE", "fastest", "mode must be one of"),
-                                                  ("FOCUSCUT_FLIP", "vertical", "flip must be one of"),
-                                                  ("FOCUSCUT_GLOBAL_SCALES", "1;1.25", "comma-separated"),
-                                                  ("FOCUSCUT_GLOBAL_SCALES", "1,10", "global_scales must be")])
+                                                  ("FOCUSCUT_FLIP", "vertical", "flip must be one of")])
 def test_bad_inference_settings_refuse_to_start(monkeypatch, tmp_path, name, value, message):
     """A mistyped inference setting stops the worker at start with what is wrong, instead of
     answering every /predict with a 500."""
