@@ -60,7 +60,7 @@ class Predictor:
         runs mirrored left-right and the two maps are averaged (test-time flip: twice the network time)."""
         if not flip:
             return self._batched(inputs)
-        probs = self._batched(list(inputs) + [np.ascontiguousarray(x[:, :, ::-1]) for x in inputs])
+        probs = self._batched(list(inputs) + [x[:, :, ::-1] for x in inputs])  # views: batching copies them
         return [(p + mirrored[:, ::-1]) / 2 for p, mirrored in zip(probs[:len(inputs)], probs[len(inputs):])]
 
     def _batched(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

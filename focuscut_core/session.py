@@ -61,7 +61,6 @@ class InferenceConfig:
     # (test-time flip, not in the paper): none (the paper's), the global view only (nearly free), or
     # every view (twice the network time; on held-out images no better than the global view alone)
 
-
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")

@@ -1,6 +1,7 @@
 """The network: shapes, the 6-channel widening of ImageNet filters, weights files, devices."""
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from torchvision import models
@@ -9,6 +10,7 @@ from focuscut_core.network import (
     MOBILENET_V2_SHA256, FocusCutNet, NetworkSpec, build_network, find_mobilenet_imagenet_file, first_conv,
     load_imagenet_backbone, redraw_input_filters, select_device,
 )
+from focuscut_core.predictor import OnnxPredictor, Predictor, make_predictor
 from focuscut_core.weights import DEFAULT_WEIGHTS, load_predictor, load_weights, save_weights
 
 
@@ -111,10 +113,6 @@ def test_device_selection(monkeypatch):
 
 
 def test_onnx_runtime_gives_the_torch_probabilities(tmp_path):
-    import numpy as np
-
-    from focuscut_core.predictor import OnnxPredictor, Predictor, make_predictor
-
     torch.manual_seed(0)
     net = FocusCutNet(NetworkSpec())
     reference = Predictor(net, torch.device("cpu"), "v")
@@ -134,10 +132,6 @@ def test_onnx_runtime_gives_the_torch_probabilities(tmp_path):
 
 
 def test_flip_averages_the_mirrored_pass_and_is_mirror_symmetric():
-    import numpy as np
-
-    from focuscut_core.predictor import Predictor
-
     torch.manual_seed(0)
     predictor = Predictor(FocusCutNet(NetworkSpec()), torch.device("cpu"), "v")
     x = np.random.default_rng(0).standard_normal((6, 48, 80)).astype(np.float32)
